@@ -1,0 +1,3 @@
+"""pyarmonik: ArmoniK rebuilt in Python."""
+
+__version__ = "0.1.0"

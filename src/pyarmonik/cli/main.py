@@ -1,0 +1,233 @@
+"""The `pyarmonik` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pyarmonik.config import PartitionSettings, Settings, load_settings
+from pyarmonik.domain.errors import ArmoniKError
+
+# Agents and workers are started from processes that hold gRPC threads: gRPC's fork handlers
+# only print warnings there, and we never use a child's gRPC state.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+app = typer.Typer(
+    no_args_is_help=True, help="pyarmonik: ArmoniK, the computation orchestrator, in Python."
+)
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML or JSON settings file.")]
+DataDirOption = Annotated[
+    Path | None, typer.Option("--data-dir", help="Folder of the embedded backends.")
+]
+PartitionOption = Annotated[
+    list[str] | None, typer.Option("--partition", help="A partition to serve (repeatable).")
+]
+DatabaseOption = Annotated[
+    str | None, typer.Option("--database", envvar="PYARMONIK_DATABASE", help="Database URL.")
+]
+QueueOption = Annotated[
+    str | None,
+    typer.Option("--queue", envvar="PYARMONIK_QUEUE", help="Queue URL ('table' or amqp://)."),
+]
+ObjectsOption = Annotated[
+    str | None, typer.Option("--objects", envvar="PYARMONIK_OBJECTS", help="Object storage URL.")
+]
+
+
+def settings_from(
+    config: Path | None,
+    partitions: list[str] | None,
+    **overrides: object,
+) -> Settings:
+    try:
+        settings = load_settings(config, **overrides)
+    except (ArmoniKError, ValueError) as error:
+        raise typer.BadParameter(str(error)) from error
+    if partitions:
+        settings.partitions = [PartitionSettings(id=p) for p in partitions]
+    return settings
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def run_until_signal(main: object) -> None:
+    """Run a coroutine function taking a stop Event; SIGINT/SIGTERM set the event."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)  # type: ignore[operator]
+
+    try:
+        import uvloop
+
+        uvloop.run(runner())
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        asyncio.run(runner())
+
+
+@app.callback()
+def _group() -> None:
+    """pyarmonik: ArmoniK, the computation orchestrator, in Python."""
+    # A callback keeps `pyarmonik control ...` a subcommand even while it is the only one
+    # (typer would otherwise make a lone command the program itself).
+
+
+@app.command()
+def control(
+    port: Annotated[int, typer.Option(help="gRPC port.")] = 5001,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    data_dir: DataDirOption = None,
+    partition: PartitionOption = None,
+    config: ConfigOption = None,
+    database: DatabaseOption = None,
+    queue: QueueOption = None,
+    objects: ObjectsOption = None,
+) -> None:
+    """Serve the ArmoniK API v3 (control plane)."""
+    from pyarmonik.control.server import ControlPlane
+
+    settings = settings_from(
+        config,
+        partition,
+        port=port,
+        host=host,
+        data_dir=data_dir,
+        database=database,
+        queue=queue,
+        objects=objects,
+    )
+    setup_logging(settings.log_level)
+
+    async def main(stop: asyncio.Event) -> None:
+        plane = ControlPlane(settings)
+        try:
+            bound = await plane.start()
+        except ArmoniKError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from error
+        typer.echo(f"pyarmonik control plane serving on {settings.host}:{bound}", err=True)
+        await stop.wait()
+        await plane.stop()
+
+    run_until_signal(main)
+
+
+@app.command()
+def agent(
+    partition: Annotated[
+        str, typer.Option(help="The partition whose tasks this agent runs.")
+    ] = "default",
+    worker: Annotated[
+        str | None,
+        typer.Option(help="Command starting the worker (it gets ComputePlane__* variables)."),
+    ] = None,
+    worker_socket: Annotated[
+        Path | None, typer.Option(help="Socket of a worker started by someone else (no --worker).")
+    ] = None,
+    work_dir: Annotated[Path, typer.Option(help="Folder for sockets and task data.")] = Path(
+        "pyarmonik-agent"
+    ),
+    host: Annotated[
+        str, typer.Option(help="Address other agents reach our liveness endpoint on.")
+    ] = "127.0.0.1",
+    lease: Annotated[
+        float, typer.Option(help="Seconds a held queue message stays invisible.")
+    ] = 30.0,
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+    database: DatabaseOption = None,
+    queue: QueueOption = None,
+    objects: ObjectsOption = None,
+) -> None:
+    """Run a polling agent: pull tasks of one partition and have a worker run them."""
+    from pyarmonik.compute.agent import Agent, AgentSettings
+    from pyarmonik.storage.factory import open_backends
+
+    if worker is None and worker_socket is None:
+        raise typer.BadParameter("give --worker CMD, or --worker-socket PATH of a running worker")
+    settings = settings_from(
+        config, None, data_dir=data_dir, database=database, queue=queue, objects=objects
+    )
+    setup_logging(settings.log_level)
+    agent_settings = AgentSettings(
+        partition_id=partition,
+        worker_command=worker,
+        worker_socket=worker_socket,
+        work_dir=work_dir,
+        host=host,
+        lease=lease,
+        data_chunk_max_size=settings.data_chunk_max_size,
+    )
+
+    async def main(stop: asyncio.Event) -> None:
+        try:
+            await Agent(open_backends(settings), agent_settings).run(stop)
+        except ArmoniKError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from error
+
+    run_until_signal(main)
+
+
+@app.command()
+def local(
+    port: Annotated[int, typer.Option(help="gRPC port of the control plane.")] = 5001,
+    agents: Annotated[
+        int | None, typer.Option(help="Agent/worker pairs (default: one per core).")
+    ] = None,
+    partition: Annotated[
+        str, typer.Option(help="Partition of the agents (without --config).")
+    ] = "default",
+    worker: Annotated[str | None, typer.Option(help="Worker command of that partition.")] = None,
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+    database: DatabaseOption = None,
+    queue: QueueOption = None,
+    objects: ObjectsOption = None,
+) -> None:
+    """A whole cluster on this machine: control plane and agent/worker pairs."""
+    from pyarmonik.local import LocalCluster
+
+    settings = settings_from(
+        config, None, port=port, data_dir=data_dir, database=database, queue=queue, objects=objects
+    )
+    if not settings.partitions:
+        settings.partitions = [PartitionSettings(id=partition, agents=agents, worker=worker)]
+    setup_logging(settings.log_level)
+
+    async def main(stop: asyncio.Event) -> None:
+        cluster = LocalCluster(settings, default_agents=agents)
+        try:
+            endpoint = await cluster.start()
+        except ArmoniKError as error:
+            await cluster.stop()
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from error
+        typer.echo(f"pyarmonik local cluster ready on {endpoint}", err=True)
+        print(endpoint, flush=True)
+        await cluster.wait(stop)
+        await cluster.stop()
+
+    run_until_signal(main)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

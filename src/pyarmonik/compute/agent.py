@@ -1,0 +1,392 @@
+"""The polling agent: pulls tasks of one partition and has its worker run them.
+
+Three stages run concurrently, so that the worker never waits for the database:
+  fetch   pull a message, acquire its task, prefetch its inputs into a private folder
+  run     call Worker.Process (deadline = max_duration), serving the Agent API meanwhile
+  post    commit the outcome in one transaction, ack the message, clean the folder
+While task n runs, task n+1 is acquired and prefetched and task n-1 is post-processed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import grpc
+from aiohttp import web
+from armonik.protogen.common import objects_pb2, worker_common_pb2
+from armonik.protogen.worker.agent_service_pb2_grpc import add_AgentServicer_to_server
+
+from pyarmonik.compute.agent_api import AgentApi, TaskContext, write_blob
+from pyarmonik.compute.worker_process import WorkerProcess
+from pyarmonik.control.convert import options_to_message
+from pyarmonik.domain.errors import ArmoniKError, NotFound
+from pyarmonik.domain.records import Result, Session, Task
+from pyarmonik.domain.statuses import SessionStatus, TaskStatus
+from pyarmonik.scheduling.backends import Backends, now
+from pyarmonik.scheduling.processing import TaskOutcome, TaskProcessing, Verdict
+from pyarmonik.storage.queue import QueueMessage
+
+log = logging.getLogger(__name__)
+
+CANCEL_STATUSES = frozenset({TaskStatus.CANCELLING, TaskStatus.CANCELLED})
+
+
+@dataclass
+class AgentSettings:
+    partition_id: str = "default"
+    worker_command: str | None = None
+    work_dir: Path = Path("pyarmonik-agent")
+    host: str = "127.0.0.1"  # address other agents use to reach our liveness endpoint
+    http_port: int = 0
+    lease: float = 30.0  # queue visibility of a held message, renewed while we hold it
+    cancel_poll: float = 0.5
+    data_chunk_max_size: int = 2 * 1024 * 1024
+    worker_socket: Path | None = None  # an external worker's socket (no command)
+
+
+@dataclass
+class Held:
+    """A task in the agent's hands, from acquisition to acknowledgement."""
+
+    message: QueueMessage
+    task: Task
+    session: Session
+    token: str
+    folder: Path
+    fetched_at: float = 0.0
+
+
+@dataclass
+class Ended:
+    """How a run ended, for the post-processing stage."""
+
+    held: Held
+    kind: str  # ok | error | timeout | crash | cancelled | skipped
+    detail: str = ""
+    outcome: TaskOutcome | None = None
+    processed_at: float = 0.0
+
+
+class Agent:
+    def __init__(self, backends: Backends, settings: AgentSettings):
+        self.backends = backends
+        self.settings = settings
+        self.work_dir = settings.work_dir.resolve()
+        self.held: dict[str, Held] = {}
+        self.prepared: asyncio.Queue[Held | None] = asyncio.Queue(maxsize=1)
+        self.ended: asyncio.Queue[Ended | None] = asyncio.Queue()
+        self.api = AgentApi(backends)
+        self.worker = WorkerProcess(
+            settings.worker_command,
+            settings.worker_socket or self.work_dir / "worker.sock",
+            self.work_dir / "agent.sock",
+        )
+        self.owner_id = ""
+        self.processing: TaskProcessing | None = None
+        self.completed = 0
+        self._stopping = asyncio.Event()
+        self._http: web.AppRunner | None = None
+        self._api_server: grpc.aio.Server | None = None
+        self._client: aiohttp.ClientSession | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        (self.work_dir / "tasks").mkdir(parents=True, exist_ok=True)
+        await self.backends.start()
+        await self._start_http()
+        self.processing = TaskProcessing(self.backends, self.owner_id, socket.gethostname())
+        self._api_server = grpc.aio.server(options=[("grpc.max_receive_message_length", -1)])
+        add_AgentServicer_to_server(self.api, self._api_server)
+        agent_socket = self.work_dir / "agent.sock"
+        agent_socket.unlink(missing_ok=True)
+        self._api_server.add_insecure_port(f"unix://{agent_socket}")
+        await self._api_server.start()
+        self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        await self.worker.start()
+        log.info("agent %s serving partition %s", self.owner_id, self.settings.partition_id)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Process tasks until `stop` is set, then stop gracefully: the task running is
+        finished, the one prefetched is given back."""
+        await self.start()
+        stages = [
+            asyncio.create_task(self._fetch_loop(), name="fetch"),
+            asyncio.create_task(self._run_loop(), name="run"),
+            asyncio.create_task(self._post_loop(), name="post"),
+        ]
+        keeper = asyncio.create_task(self._keep_leases(), name="leases")
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopper, *stages], return_when=asyncio.FIRST_COMPLETED)
+        for stage in done:
+            if stage is not stopper and stage.exception() is not None:
+                log.error("agent stage %s failed", stage.get_name(), exc_info=stage.exception())
+        self._stopping.set()
+        await asyncio.gather(*stages, return_exceptions=True)
+        keeper.cancel()
+        stopper.cancel()
+        await self.close()
+
+    async def close(self) -> None:
+        await self.worker.stop()
+        if self._api_server is not None:
+            await self._api_server.stop(0)
+        if self._client is not None:
+            await self._client.close()
+        if self._http is not None:
+            await self._http.cleanup()
+        await self.backends.close()
+
+    # -- liveness endpoint -------------------------------------------------------------------
+
+    async def _start_http(self) -> None:
+        app = web.Application()
+        app.router.add_get("/liveness", self._liveness)
+        app.router.add_get("/readiness", self._liveness)
+        app.router.add_get("/taskprocessing", self._task_processing)
+        self._http = web.AppRunner(app, access_log=None)
+        await self._http.setup()
+        site = web.TCPSite(self._http, self.settings.host, self.settings.http_port)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.owner_id = f"{self.settings.host}:{port}"
+
+    async def _liveness(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok" if not self._stopping.is_set() else "stopping")
+
+    async def _task_processing(self, request: web.Request) -> web.Response:
+        return web.Response(text=",".join(self.held))
+
+    async def probe(self, owner: str, task_id: str) -> bool:
+        """Is agent `owner` alive and still holding `task_id`? Unreachable means dead."""
+        assert self._client is not None
+        for attempt in range(3):
+            try:
+                async with self._client.get(f"http://{owner}/taskprocessing") as response:
+                    return task_id in (await response.text()).split(",")
+            except (aiohttp.ClientConnectorError, OSError):
+                return False
+            except (aiohttp.ClientError, TimeoutError):
+                await asyncio.sleep(0.5 * (attempt + 1))
+        return False
+
+    # -- fetch stage -------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        idle = 0.01
+        try:
+            while not self._stopping.is_set():
+                messages = await self.backends.queue.pull(
+                    self.settings.partition_id, 1, self.settings.lease
+                )
+                if not messages:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), idle)
+                    idle = min(idle * 2, 0.5)
+                    continue
+                idle = 0.01
+                for message in messages:
+                    held = await self._acquire(message)
+                    if held is not None:
+                        await self.prepared.put(held)
+        finally:
+            await self._give_back_prepared()
+            await self.prepared.put(None)
+
+    async def _acquire(self, message: QueueMessage) -> Held | None:
+        assert self.processing is not None
+        queue = self.backends.queue
+        if message.task_id in self.held:
+            await queue.ack([message])  # a duplicate of a message we are handling
+            return None
+        try:
+            acquisition = await self.processing.acquire(message.task_id, self.probe, now())
+        except Exception:
+            log.exception("acquiring task %s failed", message.task_id)
+            await queue.release([message], delay=1.0)
+            return None
+        if acquisition.verdict is Verdict.DROP:
+            await queue.ack([message])
+            return None
+        if acquisition.verdict is Verdict.LATER:
+            await queue.release([message], delay=1.0)
+            return None
+        assert acquisition.task is not None and acquisition.session is not None
+        token = uuid.uuid4().hex
+        held = Held(
+            message, acquisition.task, acquisition.session, token, self.work_dir / "tasks" / token
+        )
+        self.held[held.task.task_id] = held
+        try:
+            await self._prefetch(held)
+        except NotFound as error:
+            await self._finish(Ended(held, "error", f"Missing input data: {error}"))
+            return None
+        except Exception as error:
+            log.exception("prefetching task %s failed", held.task.task_id)
+            await self._finish(Ended(held, "crash", f"Agent failed to fetch inputs: {error!r}"))
+            return None
+        return held
+
+    async def _prefetch(self, held: Held) -> None:
+        held.folder.mkdir(parents=True)
+        needed = list(dict.fromkeys(held.task.dependencies))
+        async with self.backends.database.read() as repository:
+            found = {r.result_id: r for r in await repository.find(Result, {"result_id": needed})}
+        missing = [i for i in needed if i not in found or not found[i].opaque_id]
+        if missing:
+            raise NotFound(", ".join(missing))
+        await asyncio.gather(
+            *(write_blob(self.backends, found[i].opaque_id, held.folder / i) for i in needed)
+        )
+        held.fetched_at = now()
+
+    async def _give_back_prepared(self) -> None:
+        assert self.processing is not None
+        while not self.prepared.empty():
+            held = self.prepared.get_nowait()
+            if held is None:
+                continue
+            await self.processing.release(held.task)
+            await self.backends.queue.release([held.message])
+            self._forget(held)
+
+    # -- run stage ---------------------------------------------------------------------------
+
+    async def _run_loop(self) -> None:
+        try:
+            while (held := await self.prepared.get()) is not None:
+                await self.ended.put(await self._execute(held))
+        finally:
+            await self.ended.put(None)
+
+    async def _execute(self, held: Held) -> Ended:
+        assert self.processing is not None and self.worker.stub is not None
+        if self.worker.exited:
+            await self.worker.restart("worker exited")
+        started = await self.processing.start(held.task, held.fetched_at)
+        if started is None:
+            return Ended(held, "skipped")
+        held.task = started
+        task = started
+        self.api.context = TaskContext(held.token, task, held.session, held.folder)
+        request = worker_common_pb2.ProcessRequest(
+            communication_token=held.token,
+            session_id=task.session_id,
+            task_id=task.task_id,
+            task_options=options_to_message(task.options),
+            expected_output_keys=task.expected_output_ids,
+            payload_id=task.payload_id,
+            data_dependencies=task.data_dependencies,
+            data_folder=str(held.folder),
+            configuration=objects_pb2.Configuration(
+                data_chunk_max_size=self.settings.data_chunk_max_size
+            ),
+        )
+        call = self.worker.stub.Process(request, timeout=task.options.max_duration)
+        try:
+            kind, detail = await self._await_unless_cancelled(call, task.task_id)
+        finally:
+            outcome = self.api.context.outcome
+            self.api.context = None
+        if kind in ("timeout", "cancelled", "crash"):
+            await self.worker.restart(f"task {task.task_id}: {kind}")
+        return Ended(held, kind, detail, outcome, now())
+
+    async def _await_unless_cancelled(
+        self, call: grpc.aio.UnaryUnaryCall, task_id: str
+    ) -> tuple[str, str]:
+        reply_task = asyncio.ensure_future(call)
+        watch = asyncio.create_task(self._cancelled(task_id))
+        done, _ = await asyncio.wait([reply_task, watch], return_when=asyncio.FIRST_COMPLETED)
+        if reply_task not in done:
+            call.cancel()
+            with contextlib.suppress(BaseException):
+                await reply_task
+            return "cancelled", "Task was cancelled"
+        watch.cancel()
+        try:
+            reply = reply_task.result()
+        except asyncio.CancelledError:
+            return "crash", "Worker call was cancelled"
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return "timeout", "Deadline exceeded (max_duration)"
+            return "crash", f"Worker returned error {error.code().name}:\n{error.details()}"
+        if reply.output.WhichOneof("type") == "error":
+            return "error", reply.output.error.details
+        return "ok", ""
+
+    async def _cancelled(self, task_id: str) -> None:
+        """Return once the task or its session is cancelled."""
+        assert self.processing is not None
+        while True:
+            await asyncio.sleep(self.settings.cancel_poll)
+            status = await self.processing.status_of(task_id)
+            if (
+                status is None
+                or status[0] in CANCEL_STATUSES
+                or status[1] == SessionStatus.CANCELLED
+            ):
+                return
+
+    # -- post stage --------------------------------------------------------------------------
+
+    async def _post_loop(self) -> None:
+        while (ended := await self.ended.get()) is not None:
+            try:
+                await self._finish(ended)
+            except Exception:
+                log.exception("post-processing of task %s failed", ended.held.task.task_id)
+                # The message is not acked: it comes back and the next acquisition sees a
+                # PROCESSING task whose owner no longer holds it, and retries it.
+                self._forget(ended.held)
+
+    async def _finish(self, ended: Ended) -> None:
+        assert self.processing is not None
+        held, task = ended.held, ended.held.task
+        outcome = ended.outcome or TaskOutcome()
+        committed = False
+        if ended.kind == "ok":
+            try:
+                committed = await self.processing.complete(task, outcome, ended.processed_at)
+            except ArmoniKError as error:  # e.g. a subtask refers to a result that is gone
+                await self.processing.fail(task, f"Post-processing failed: {error}", retry=False)
+            else:
+                if committed:
+                    self.completed += 1
+                else:
+                    await self.processing.cancelled(task)
+        elif ended.kind == "error":
+            await self.processing.fail(task, ended.detail, retry=False)
+        elif ended.kind == "timeout":
+            await self.processing.fail(task, ended.detail, retry=False, status=TaskStatus.TIMEOUT)
+        elif ended.kind == "crash":
+            await self.processing.fail(task, ended.detail, retry=True)
+        elif ended.kind == "cancelled":
+            await self.processing.cancelled(task)
+        if not committed and outcome.stored:
+            await self.backends.objects.delete([s.opaque_id for s in outcome.stored])
+        await self.backends.queue.ack([held.message])
+        self._forget(held)
+
+    def _forget(self, held: Held) -> None:
+        self.held.pop(held.task.task_id, None)
+        shutil.rmtree(held.folder, ignore_errors=True)
+
+    async def _keep_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease / 3)
+            messages = [h.message for h in list(self.held.values())]
+            try:
+                await self.backends.queue.extend(messages, self.settings.lease)
+            except Exception:
+                log.exception("renewing queue leases failed")

@@ -1,0 +1,208 @@
+"""The Agent API, served to the worker over a unix socket while it runs a task.
+
+Everything a worker declares (new results, data, subtasks) is buffered in the task's
+context and committed by the agent only if the task succeeds; data is written to object
+storage at once (NotifyResultData "blocks until stored"), so post-processing is just the
+database transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from armonik.protogen.common import agent_common_pb2 as pb
+from armonik.protogen.worker.agent_service_pb2_grpc import AgentServicer
+
+from pyarmonik.control.convert import optional_options, timestamp
+from pyarmonik.control.errors import rpc
+from pyarmonik.domain.errors import InvalidArgument, NotFound, Unavailable
+from pyarmonik.domain.ids import new_id
+from pyarmonik.domain.records import Result, Session, Task
+from pyarmonik.domain.statuses import ResultStatus
+from pyarmonik.scheduling.backends import Backends, now
+from pyarmonik.scheduling.processing import StoredResult, TaskOutcome
+from pyarmonik.scheduling.tasks import TaskCreation, plan_tasks
+from pyarmonik.storage.objects import CHUNK_SIZE, single_chunk
+
+
+@dataclass
+class TaskContext:
+    """The task the worker is running, and what it declared so far."""
+
+    token: str
+    task: Task
+    session: Session
+    folder: Path
+    outcome: TaskOutcome = field(default_factory=TaskOutcome)
+
+    def created_ids(self) -> set[str]:
+        return {r.result_id for r in self.outcome.created}
+
+
+async def file_chunks(path: Path) -> AsyncIterator[bytes]:
+    handle = await asyncio.to_thread(open, path, "rb")
+    try:
+        while chunk := await asyncio.to_thread(handle.read, CHUNK_SIZE):
+            yield chunk
+    finally:
+        handle.close()
+
+
+class AgentApi(AgentServicer):  # type: ignore[misc]
+    def __init__(self, backends: Backends):
+        self.backends = backends
+        self.context: TaskContext | None = None
+
+    def _context(self, token: str) -> TaskContext:
+        context = self.context
+        if context is None:
+            raise Unavailable("No task is accepting request")
+        if token != context.token:
+            raise InvalidArgument("wrong or missing communication token")
+        return context
+
+    def _metadata(self, result: Result, status: ResultStatus) -> pb.ResultMetaData:
+        return pb.ResultMetaData(
+            session_id=result.session_id,
+            result_id=result.result_id,
+            name=result.name,
+            status=int(status),
+            created_at=timestamp(result.created_at),
+        )
+
+    def _new_result(self, context: TaskContext, name: str) -> Result:
+        return Result(
+            result_id=new_id(),
+            session_id=context.task.session_id,
+            name=name,
+            created_by=context.task.task_id,
+            created_at=now(),
+        )
+
+    @rpc
+    async def CreateResultsMetaData(
+        self, request: pb.CreateResultsMetaDataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateResultsMetaDataResponse:
+        task = self._context(request.communication_token)
+        created = [self._new_result(task, r.name) for r in request.results]
+        task.outcome.created += created
+        return pb.CreateResultsMetaDataResponse(
+            results=[self._metadata(r, ResultStatus.CREATED) for r in created],
+            communication_token=request.communication_token,
+        )
+
+    @rpc
+    async def CreateResults(
+        self, request: pb.CreateResultsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateResultsResponse:
+        task = self._context(request.communication_token)
+        created = []
+        for entry in request.results:
+            result = self._new_result(task, entry.name)
+            opaque_id, size = await self.backends.objects.put(single_chunk(entry.data))
+            task.outcome.created.append(result)
+            task.outcome.stored.append(StoredResult(result.result_id, opaque_id, size))
+            created.append(result)
+        return pb.CreateResultsResponse(
+            results=[self._metadata(r, ResultStatus.COMPLETED) for r in created],
+            communication_token=request.communication_token,
+        )
+
+    @rpc
+    async def NotifyResultData(
+        self, request: pb.NotifyResultDataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.NotifyResultDataResponse:
+        task = self._context(request.communication_token)
+        allowed = set(task.task.expected_output_ids) | task.created_ids()
+        ids = [i.result_id for i in request.ids]
+        unknown = [i for i in ids if i not in allowed]
+        if unknown:
+            raise NotFound(
+                f"Results {', '.join(unknown)} are neither outputs of the task nor created by it"
+            )
+        for result_id in ids:
+            path = task.folder / result_id
+            if not path.is_file():
+                raise NotFound(f"No data file for result {result_id} in the task's data folder")
+            opaque_id, size = await self.backends.objects.put(file_chunks(path))
+            task.outcome.stored.append(StoredResult(result_id, opaque_id, size))
+        return pb.NotifyResultDataResponse(result_ids=ids)
+
+    @rpc
+    async def SubmitTasks(
+        self, request: pb.SubmitTasksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubmitTasksResponse:
+        task = self._context(request.communication_token)
+        creations = [
+            TaskCreation(
+                payload_id=c.payload_id,
+                expected_output_ids=list(c.expected_output_keys),
+                data_dependencies=list(c.data_dependencies),
+                options=optional_options(c, "task_options"),
+            )
+            for c in request.task_creations
+        ]
+        subtasks = plan_tasks(
+            task.session, optional_options(request, "task_options"), creations, parent=task.task
+        )
+        await self._check_known(
+            task, {i for t in subtasks for i in [*t.dependencies, *t.expected_output_ids]}
+        )
+        task.outcome.subtasks += subtasks
+        return pb.SubmitTasksResponse(
+            task_infos=[
+                pb.SubmitTasksResponse.TaskInfo(
+                    task_id=t.task_id,
+                    expected_output_ids=t.expected_output_ids,
+                    data_dependencies=t.data_dependencies,
+                    payload_id=t.payload_id,
+                )
+                for t in subtasks
+            ],
+            communication_token=request.communication_token,
+        )
+
+    async def _check_known(self, task: TaskContext, ids: set[str]) -> None:
+        """Results a subtask refers to must exist in the session, or be created by this task."""
+        pending = sorted(ids - task.created_ids())
+        async with self.backends.database.read() as repository:
+            found = {
+                r.result_id
+                for r in await repository.find(
+                    Result, {"result_id": pending, "session_id": task.task.session_id}
+                )
+            }
+        missing = [i for i in pending if i not in found]
+        if missing:
+            raise NotFound(f"Results not found: {', '.join(missing[:10])}")
+
+    @rpc
+    async def GetResourceData(
+        self, request: pb.DataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DataResponse:
+        task = self._context(request.communication_token)
+        async with self.backends.database.read() as repository:
+            result = await repository.get(Result, request.result_id)
+        if result is None or result.session_id != task.task.session_id:
+            raise NotFound(f"Result {request.result_id} not found")
+        if not result.opaque_id:
+            raise NotFound(f"Result {request.result_id} has no data ({result.status.name})")
+        await write_blob(self.backends, result.opaque_id, task.folder / result.result_id)
+        return pb.DataResponse(result_id=result.result_id)
+
+
+async def write_blob(backends: Backends, opaque_id: bytes, path: Path) -> None:
+    """Copy a blob into a file, atomically (temporary name, then rename)."""
+    temporary = path.with_name(f".{path.name}.part")
+    handle = await asyncio.to_thread(open, temporary, "wb")
+    try:
+        async for chunk in backends.objects.get(opaque_id):
+            await asyncio.to_thread(handle.write, chunk)
+    finally:
+        handle.close()
+    await asyncio.to_thread(os.replace, temporary, path)

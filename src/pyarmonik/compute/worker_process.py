@@ -1,0 +1,110 @@
+"""The worker next to an agent: started with ArmoniK's environment variables, health-checked,
+restarted when it exits or must be stopped (a cancelled or timed-out task keeps the official
+Python worker busy: killing it is the only way to stop user code)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+
+import grpc
+from armonik.protogen.common import objects_pb2, worker_common_pb2
+from armonik.protogen.worker.worker_service_pb2_grpc import WorkerStub
+
+from pyarmonik.compute.orphans import die_with_parent
+from pyarmonik.domain.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+SERVING = worker_common_pb2.HealthCheckReply.SERVING
+
+
+class WorkerProcess:
+    """A worker reached at `worker_socket`; started and supervised when `command` is given."""
+
+    def __init__(
+        self,
+        command: str | None,
+        worker_socket: Path,
+        agent_socket: Path,
+        start_timeout: float = 60.0,
+    ):
+        self.command = command
+        self.worker_socket = worker_socket
+        self.agent_socket = agent_socket
+        self.start_timeout = start_timeout
+        self.restarts = 0
+        self._process: asyncio.subprocess.Process | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self.stub: WorkerStub | None = None
+
+    def environment(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "ComputePlane__WorkerChannel__SocketType": "unixdomainsocket",
+            "ComputePlane__WorkerChannel__Address": str(self.worker_socket),
+            "ComputePlane__AgentChannel__SocketType": "unixdomainsocket",
+            "ComputePlane__AgentChannel__Address": str(self.agent_socket),
+        }
+
+    async def start(self) -> None:
+        if self.command:
+            self.worker_socket.unlink(missing_ok=True)
+            # `exec`: the worker replaces the shell, so it is the one that dies with us.
+            self._process = await asyncio.create_subprocess_shell(
+                f"exec {self.command}",
+                env=self.environment(),
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+        self._channel = grpc.aio.insecure_channel(f"unix://{self.worker_socket}")
+        self.stub = WorkerStub(self._channel)
+        await self.wait_healthy()
+
+    async def wait_healthy(self) -> None:
+        """Wait until the worker answers HealthCheck (UNIMPLEMENTED counts as healthy)."""
+        deadline = asyncio.get_running_loop().time() + self.start_timeout
+        while True:
+            if self._process is not None and self._process.returncode is not None:
+                raise Unavailable(
+                    f"worker exited with code {self._process.returncode} while starting: {self.command}"
+                )
+            try:
+                assert self.stub is not None
+                reply = await self.stub.HealthCheck(objects_pb2.Empty(), timeout=2.0)
+                if reply.status == SERVING:
+                    return
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    return
+            if asyncio.get_running_loop().time() > deadline:
+                raise Unavailable(f"worker did not become healthy within {self.start_timeout:.0f}s")
+            await asyncio.sleep(0.1)
+
+    @property
+    def exited(self) -> bool:
+        return self._process is not None and self._process.returncode is not None
+
+    async def restart(self, reason: str) -> None:
+        if not self.command:
+            return  # an external worker is someone else's to restart
+        log.warning("restarting worker (%s)", reason)
+        self.restarts += 1
+        await self.stop()
+        await self.start()
+
+    async def stop(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+        process = self._process
+        self._process = None
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(process.wait(), 10)

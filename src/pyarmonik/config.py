@@ -1,0 +1,112 @@
+"""One settings object for every pyarmonik process.
+
+Values come, lowest precedence first, from defaults, a YAML/JSON config file, environment
+variables (`PYARMONIK_<NAME>`, and ArmoniK's names where one exists) and command-line flags.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pyarmonik.domain.errors import InvalidArgument
+from pyarmonik.domain.records import Partition
+
+DEFAULT_CHUNK_SIZE = 2 * 1024 * 1024
+
+
+class PartitionSettings(BaseModel):
+    """A partition: its ArmoniK description, and how `pyarmonik local` runs its agents."""
+
+    id: str
+    priority: int = 1
+    parent_partition_ids: list[str] = Field(default_factory=list)
+    pod_reserved: int = 0
+    pod_max: int = 0
+    preemption_percentage: int = 0
+    pod_configuration: dict[str, str] = Field(default_factory=dict)
+    agents: int | None = None
+    worker: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _non_empty(cls, value: str) -> str:
+        if not value or "/" in value:
+            raise ValueError("a partition id must be non-empty and contain no '/'")
+        return value
+
+    def record(self) -> Partition:
+        return Partition(
+            partition_id=self.id,
+            parent_partition_ids=self.parent_partition_ids,
+            pod_reserved=self.pod_reserved,
+            pod_max=self.pod_max,
+            preemption_percentage=self.preemption_percentage,
+            priority=self.priority,
+            pod_configuration=self.pod_configuration,
+        )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PYARMONIK_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 5001
+    data_dir: Path = Path("pyarmonik-data")
+    database: str = ""  # default: sqlite:///<data_dir>/pyarmonik.db
+    queue: str = ""  # default: a queue table in the database
+    objects: str = ""  # default: file://<data_dir>/objects
+    partitions: list[PartitionSettings] = Field(default_factory=list)
+    default_partition: str = "default"
+    data_chunk_max_size: int = DEFAULT_CHUNK_SIZE
+    log_level: str = "INFO"
+
+    @property
+    def database_url(self) -> str:
+        return self.database or f"sqlite:///{(self.data_dir / 'pyarmonik.db').resolve()}"
+
+    @property
+    def queue_url(self) -> str:
+        return self.queue or "table"
+
+    @property
+    def objects_url(self) -> str:
+        return self.objects or f"file://{(self.data_dir / 'objects').resolve()}"
+
+    def partition_list(self) -> list[PartitionSettings]:
+        return self.partitions or [PartitionSettings(id=self.default_partition)]
+
+
+def _armonik_environment() -> dict[str, Any]:
+    """ArmoniK's own variable names, where they mean the same thing."""
+    values: dict[str, Any] = {}
+    if size := os.environ.get("Submitter__PreferredMessageSize"):
+        values["data_chunk_max_size"] = int(size)
+    if default := os.environ.get("Submitter__DefaultPartition"):
+        values["default_partition"] = default
+    return values
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the file, the environment and explicit overrides (None values ignored)."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            text = config_file.read_text()
+        except OSError as error:
+            raise InvalidArgument(f"cannot read config file {config_file}: {error}") from error
+        loaded = json.loads(text) if config_file.suffix == ".json" else yaml.safe_load(text)
+        if loaded is not None and not isinstance(loaded, dict):
+            raise InvalidArgument(f"config file {config_file} must hold a mapping")
+        values.update(loaded or {})
+    values.update(_armonik_environment())
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    environment = Settings()
+    merged = {**environment.model_dump(exclude_unset=True), **values}
+    return Settings(**merged)

@@ -1,0 +1,109 @@
+"""The control plane: every ArmoniK service on one grpc.aio server."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from armonik.protogen.client import (
+    applications_service_pb2_grpc,
+    auth_service_pb2_grpc,
+    events_service_pb2_grpc,
+    health_checks_service_pb2_grpc,
+    partitions_service_pb2_grpc,
+    results_service_pb2_grpc,
+    sessions_service_pb2_grpc,
+    tasks_service_pb2_grpc,
+    versions_service_pb2_grpc,
+)
+
+from pyarmonik.config import Settings
+from pyarmonik.control.events import Events
+from pyarmonik.control.info import Applications, Authentication, HealthChecks, Partitions, Versions
+from pyarmonik.control.results import Results
+from pyarmonik.control.sessions import Sessions
+from pyarmonik.control.tasks import Tasks
+from pyarmonik.control.watch import ResultWatcher
+from pyarmonik.domain.errors import Unavailable
+from pyarmonik.domain.records import Partition
+from pyarmonik.scheduling.backends import Backends
+from pyarmonik.scheduling.changes import ChangeFeed
+from pyarmonik.scheduling.results import ResultService
+from pyarmonik.scheduling.sessions import SessionService
+from pyarmonik.scheduling.tasks import TaskService
+from pyarmonik.storage.factory import open_backends
+
+log = logging.getLogger(__name__)
+
+SERVER_OPTIONS = [
+    # Inline data (CreateResults) may be large; streamed data is chunked anyway.
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.so_reuseport", 0),
+]
+
+
+class ControlPlane:
+    def __init__(self, settings: Settings, backends: Backends | None = None):
+        self.settings = settings
+        self.backends = backends or open_backends(settings)
+        self.feed = ChangeFeed(self.backends.database)
+        self.server: grpc.aio.Server | None = None
+        self.port = settings.port
+
+    async def start(self) -> int:
+        """Start the backends and serve; return the bound port (useful with port 0)."""
+        await self.backends.start()
+        await self._register_partitions()
+        await self.feed.start()
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        backends, database = self.backends, self.backends.database
+        sessions_service_pb2_grpc.add_SessionsServicer_to_server(
+            Sessions(SessionService(backends)), server
+        )
+        tasks_service_pb2_grpc.add_TasksServicer_to_server(Tasks(TaskService(backends)), server)
+        results_service_pb2_grpc.add_ResultsServicer_to_server(
+            Results(
+                ResultService(backends, self.settings.data_chunk_max_size),
+                ResultWatcher(database, self.feed),
+            ),
+            server,
+        )
+        events_service_pb2_grpc.add_EventsServicer_to_server(Events(database, self.feed), server)
+        partitions_service_pb2_grpc.add_PartitionsServicer_to_server(Partitions(backends), server)
+        applications_service_pb2_grpc.add_ApplicationsServicer_to_server(
+            Applications(backends), server
+        )
+        versions_service_pb2_grpc.add_VersionsServicer_to_server(Versions(), server)
+        health_checks_service_pb2_grpc.add_HealthChecksServiceServicer_to_server(
+            HealthChecks(backends), server
+        )
+        auth_service_pb2_grpc.add_AuthenticationServicer_to_server(Authentication(), server)
+        address = f"{self.settings.host}:{self.settings.port}"
+        try:
+            self.port = server.add_insecure_port(address)
+        except RuntimeError as error:
+            raise Unavailable(f"cannot listen on {address}: {error}") from error
+        await server.start()
+        self.server = server
+        log.info("control plane listening on %s:%s", self.settings.host, self.port)
+        return self.port
+
+    async def _register_partitions(self) -> None:
+        partitions = self.backends.partitions
+        async with self.backends.database.write() as repository:
+            await repository.delete(
+                Partition, {"partition_id": [p.partition_id for p in partitions]}
+            )
+            await repository.insert(partitions)
+
+    async def wait(self) -> None:
+        if self.server is not None:
+            await self.server.wait_for_termination()
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
+            self.server = None
+        await self.feed.stop()
+        await self.backends.close()

@@ -1,0 +1,1 @@
+"""Pure model of ArmoniK: no I/O here."""

@@ -1,0 +1,170 @@
+"""The task graph inside one transaction: creating tasks, resolving dependencies, and
+terminating what a failure or a cancellation leaves without inputs.
+
+Every function takes a Repository already inside `Database.write()` and returns the tasks
+that became ready; the caller pushes them to the queue once the transaction committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pyarmonik.domain.errors import FailedPrecondition, NotFound
+from pyarmonik.domain.records import Result, Session, Task
+from pyarmonik.domain.statuses import (
+    WAITING_TASK_STATUSES,
+    ResultStatus,
+    SessionStatus,
+    TaskStatus,
+)
+from pyarmonik.scheduling.backends import now
+from pyarmonik.storage.database import Repository
+from pyarmonik.storage.queue import Queue
+
+UNUSABLE_RESULTS = frozenset({ResultStatus.ABORTED, ResultStatus.DELETED})
+
+
+@dataclass(frozen=True)
+class ReadyTask:
+    """A task to push to its partition's queue."""
+
+    task_id: str
+    partition_id: str
+    priority: int
+
+
+async def push_ready(queue: Queue, ready: Sequence[ReadyTask]) -> None:
+    """Push ready tasks, grouped by partition, highest priority first."""
+    by_partition: dict[str, list[tuple[str, int]]] = {}
+    for task in sorted(ready, key=lambda t: -t.priority):
+        by_partition.setdefault(task.partition_id, []).append((task.task_id, task.priority))
+    for partition_id, messages in by_partition.items():
+        await queue.push(partition_id, messages)
+
+
+async def create_tasks(
+    repository: Repository, session: Session, tasks: list[Task], parent: Task | None = None
+) -> list[ReadyTask]:
+    """Insert new tasks (status PENDING), claim their outputs, hand the parent's outputs over
+    to them, register their dependencies and mark those already satisfied as SUBMITTED."""
+    dependency_ids = sorted({dep for task in tasks for dep in task.dependencies})
+    # Locked reads: a concurrent completion of one of these results must either be seen
+    # here or see our dependency rows (PostgreSQL; SQLite serialises writers anyway).
+    found = {
+        r.result_id: r
+        for r in await repository.find(Result, {"result_id": dependency_ids}, lock=True)
+    }
+    missing = [
+        d for d in dependency_ids if d not in found or found[d].session_id != session.session_id
+    ]
+    if missing:
+        raise NotFound(f"Some dependencies do not exist: {', '.join(missing[:10])}")
+    unusable = [d for d in dependency_ids if found[d].status in UNUSABLE_RESULTS]
+    if unusable:
+        raise FailedPrecondition(
+            f"Some dependencies are aborted or deleted: {', '.join(unusable[:10])}"
+        )
+    output_ids = sorted({out for task in tasks for out in task.expected_output_ids})
+    outputs = {r.result_id: r for r in await repository.find(Result, {"result_id": output_ids})}
+    missing = [
+        o for o in output_ids if o not in outputs or outputs[o].session_id != session.session_id
+    ]
+    if missing:
+        raise NotFound(f"Some expected outputs do not exist: {', '.join(missing[:10])}")
+    closed = [o for o in output_ids if outputs[o].status != ResultStatus.CREATED]
+    if closed:
+        raise FailedPrecondition(
+            f"Some expected outputs are not in status CREATED: {', '.join(closed[:10])}"
+        )
+
+    for task in tasks:
+        task.status = TaskStatus.PENDING
+    await repository.insert(tasks)
+
+    parent_outputs = set(parent.expected_output_ids) if parent else set()
+    delegated = [
+        (out, task.task_id)
+        for task in tasks
+        for out in task.expected_output_ids
+        if out in parent_outputs
+    ]
+    if parent is not None and delegated:
+        await repository.set_owners(delegated, expected_owner=parent.task_id)
+    claims = [(out, task.task_id) for task in tasks for out in task.expected_output_ids]
+    await repository.set_owners(claims, expected_owner="")
+
+    completed = {d for d, r in found.items() if r.status == ResultStatus.COMPLETED}
+    await repository.add_dependencies(
+        (task.task_id, dep) for task in tasks for dep in set(task.dependencies) - completed
+    )
+    ready = [t.task_id for t in tasks if not set(t.dependencies) - completed]
+    return await submit(repository, session, ready)
+
+
+async def submit(
+    repository: Repository, session: Session, task_ids: Sequence[str]
+) -> list[ReadyTask]:
+    """Move waiting tasks whose inputs are all available to SUBMITTED (PAUSED if the session is
+    paused, and then nothing is pushed until it resumes)."""
+    if not task_ids:
+        return []
+    paused = session.status == SessionStatus.PAUSED
+    tasks = await repository.update_returning(
+        Task,
+        {"task_id": list(task_ids), "status": WAITING_TASK_STATUSES},
+        {
+            "status": TaskStatus.PAUSED if paused else TaskStatus.SUBMITTED,
+            "submitted_at": now(),
+        },
+    )
+    if paused:
+        return []
+    return [ReadyTask(t.task_id, t.options.partition_id, t.options.priority) for t in tasks]
+
+
+async def resolve(
+    repository: Repository, session: Session, completed: Sequence[str]
+) -> list[ReadyTask]:
+    """Results just became COMPLETED: release the tasks that were waiting only for them."""
+    waiting = await repository.remove_dependencies(completed)
+    ready = await repository.without_dependencies(waiting)
+    return await submit(repository, session, ready)
+
+
+async def terminate(
+    repository: Repository,
+    task_ids: Sequence[str],
+    result_ids: Sequence[str],
+    reason: str,
+    status: TaskStatus = TaskStatus.ERROR,
+) -> None:
+    """End waiting tasks (CREATING/PENDING) in `status`, abort their outputs and the given
+    results when still CREATED, then do the same for every task that waited on an aborted
+    result, recursively (reference §4.8)."""
+    tasks, results, cause = list(task_ids), list(result_ids), reason
+    while tasks or results:
+        ended = await repository.update_returning(
+            Task,
+            {"task_id": tasks, "status": WAITING_TASK_STATUSES},
+            {"status": status, "error": cause, "ended_at": now()},
+        )
+        owners = {t.task_id for t in ended} | set(tasks)
+        candidates = sorted(set(results) | {o for t in ended for o in t.expected_output_ids})
+        aborted = [
+            r.result_id
+            for r in await repository.find(
+                Result, {"result_id": candidates, "status": ResultStatus.CREATED}
+            )
+            if r.owner_task_id in owners or r.owner_task_id == ""
+        ]
+        if aborted:
+            await repository.update(
+                Result,
+                {"result_id": aborted, "status": ResultStatus.CREATED},
+                {"status": ResultStatus.ABORTED, "completed_at": now()},
+            )
+        tasks = await repository.waiting_on(aborted)
+        await repository.delete_dependencies_of(tasks)
+        results = []
+        cause = f"Dependency aborted: {', '.join(aborted[:5])}\n{reason}" if aborted else reason

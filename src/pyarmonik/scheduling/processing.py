@@ -1,0 +1,386 @@
+"""What a polling agent does to the database around one task: acquire it, start it, and end
+it (completed, failed, retried, timed out or cancelled).
+
+Post-processing of a success is ONE transaction (results created and completed, subtasks
+created and outputs delegated, dependents released, task completed): a crash leaves either
+nothing or everything, so recovery never has to guess what was committed (ArmoniK has to).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from pyarmonik.domain.errors import ArmoniKError
+from pyarmonik.domain.ids import retry_id
+from pyarmonik.domain.records import Result, Session, Task
+from pyarmonik.domain.statuses import FINAL_TASK_STATUSES, ResultStatus, SessionStatus, TaskStatus
+from pyarmonik.scheduling.backends import Backends, now
+from pyarmonik.scheduling.graph import (
+    ReadyTask,
+    create_tasks,
+    push_ready,
+    resolve,
+    submit,
+    terminate,
+)
+from pyarmonik.scheduling.sessions import load_session
+from pyarmonik.storage.database import Repository
+
+ENDED_SESSIONS = frozenset(
+    {SessionStatus.CANCELLED, SessionStatus.CLOSED, SessionStatus.PURGED, SessionStatus.DELETED}
+)
+
+
+class Verdict(Enum):
+    """What to do with a queue message after trying to acquire its task."""
+
+    ACQUIRED = "acquired"  # run it
+    DROP = "drop"  # ack: nothing to run (done, cancelled, paused, unknown)
+    LATER = "later"  # release with a delay: not runnable yet, or someone else has it
+
+
+@dataclass
+class Acquisition:
+    verdict: Verdict
+    task: Task | None = None
+    session: Session | None = None
+    reason: str = ""
+
+
+@dataclass
+class StoredResult:
+    """A result whose data the agent already put in object storage."""
+
+    result_id: str
+    opaque_id: bytes
+    size: int
+
+
+@dataclass
+class TaskOutcome:
+    """Everything a worker produced through the Agent API during a successful task."""
+
+    created: list[Result] = field(default_factory=list)
+    stored: list[StoredResult] = field(default_factory=list)
+    subtasks: list[Task] = field(default_factory=list)
+
+
+# Liveness probe of another agent: True when it is alive and still holds the task.
+OwnerProbe = Callable[[str, str], Awaitable[bool]]
+
+
+class TaskProcessing:
+    def __init__(self, backends: Backends, owner_id: str, hostname: str):
+        self.backends = backends
+        self.owner_id = owner_id
+        self.hostname = hostname
+
+    # -- acquisition -------------------------------------------------------------------------
+
+    async def acquire(self, task_id: str, probe: OwnerProbe, received_at: float) -> Acquisition:
+        """ArmoniK's acquisition (reference §4.2), on conditional updates."""
+        fast = await self._try_dispatch(task_id, received_at)
+        if fast is not None:
+            return fast
+        async with self.backends.database.write() as repository:
+            task = await repository.get(Task, task_id)
+            if task is None:
+                return Acquisition(Verdict.DROP, reason="unknown task")
+            session = await repository.get(Session, task.session_id)
+            if session is None:
+                return Acquisition(Verdict.DROP, task, reason="unknown session")
+            if session.status in ENDED_SESSIONS and task.status not in FINAL_TASK_STATUSES:
+                await self._cancel(
+                    repository, task, f"Session {session.session_id} is {session.status.name}"
+                )
+                return Acquisition(Verdict.DROP, task, session, "session ended")
+            if session.status == SessionStatus.PAUSED or task.status == TaskStatus.PAUSED:
+                return Acquisition(Verdict.DROP, task, session, "paused: resume pushes it again")
+            if task.status == TaskStatus.CANCELLING:
+                await self._cancel(repository, task, "Task was cancelled")
+                return Acquisition(Verdict.DROP, task, session, "cancelled")
+            if task.status in FINAL_TASK_STATUSES:
+                return Acquisition(Verdict.DROP, task, session, "already final")
+            if task.status in (TaskStatus.CREATING, TaskStatus.PENDING):
+                return Acquisition(Verdict.LATER, task, session, "inputs not ready")
+        if task.status in (TaskStatus.DISPATCHED, TaskStatus.PROCESSING) and task.owner_pod_id:
+            # Our own id here means a previous life of this agent (or a message we dropped):
+            # the caller checked that we do not hold the task now.
+            mine = task.owner_pod_id == self.owner_id
+            if not mine and await probe(task.owner_pod_id, task.task_id):
+                return Acquisition(Verdict.LATER, task, session, "held by a live agent")
+            return await self._recover(task, session)
+        return await self._dispatch(task, session, received_at)
+
+    async def _try_dispatch(self, task_id: str, received_at: float) -> Acquisition | None:
+        """The common case in one transaction: a SUBMITTED task of a RUNNING session."""
+        try:
+            async with self.backends.database.write() as repository:
+                taken = await repository.update_returning(
+                    Task,
+                    {"task_id": task_id, "status": TaskStatus.SUBMITTED, "owner_pod_id": ""},
+                    self._dispatched(received_at),
+                )
+                if not taken:
+                    return None
+                session = await repository.get(Session, taken[0].session_id)
+                if session is None or session.status != SessionStatus.RUNNING:
+                    raise _NotOurs  # roll back; the full analysis below decides
+                return Acquisition(Verdict.ACQUIRED, taken[0], session)
+        except _NotOurs:
+            return None
+
+    def _dispatched(self, received_at: float) -> dict[str, object]:
+        return {
+            "status": TaskStatus.DISPATCHED,
+            "owner_pod_id": self.owner_id,
+            "pod_hostname": self.hostname,
+            "received_at": received_at,
+            "acquired_at": now(),
+        }
+
+    async def _dispatch(
+        self, task: Task, session: Session, received_at: float, previous_owner: str = ""
+    ) -> Acquisition:
+        async with self.backends.database.write() as repository:
+            where: dict[str, object] = {"task_id": task.task_id, "owner_pod_id": previous_owner}
+            where["status"] = (
+                [TaskStatus.SUBMITTED, TaskStatus.DISPATCHED]
+                if previous_owner
+                else TaskStatus.SUBMITTED
+            )
+            taken = await repository.update_returning(Task, where, self._dispatched(received_at))
+        if not taken:
+            return Acquisition(Verdict.LATER, task, session, "lost the race for it")
+        return Acquisition(Verdict.ACQUIRED, taken[0], session)
+
+    async def _recover(self, task: Task, session: Session) -> Acquisition:
+        """The recorded owner is dead. DISPATCHED: take the task over. PROCESSING: its attempt
+        died mid-run (a success would have committed COMPLETED atomically): retry it."""
+        if task.status == TaskStatus.DISPATCHED:
+            return await self._dispatch(task, session, now(), previous_owner=task.owner_pod_id)
+        await self.fail(
+            task,
+            f"Agent {task.owner_pod_id} holding the task died",
+            retry=True,
+            expected_owner=task.owner_pod_id,
+        )
+        return Acquisition(Verdict.DROP, task, session, "recovered a dead agent's task")
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def start(self, task: Task, fetched_at: float) -> Task | None:
+        """DISPATCHED → PROCESSING; None when the task was paused or cancelled meanwhile."""
+        stamp = now()
+        async with self.backends.database.write() as repository:
+            started = await repository.update_returning(
+                Task,
+                {
+                    "task_id": task.task_id,
+                    "status": TaskStatus.DISPATCHED,
+                    "owner_pod_id": self.owner_id,
+                },
+                {
+                    "status": TaskStatus.PROCESSING,
+                    "fetched_at": fetched_at,
+                    "started_at": stamp,
+                    "pod_ttl": stamp,
+                },
+            )
+            if started:
+                return started[0]
+            current = await repository.get(Task, task.task_id)
+            if current is not None and current.status == TaskStatus.CANCELLING:
+                await self._cancel(repository, current, "Task was cancelled")
+        return None
+
+    async def release(self, task: Task) -> None:
+        """Give back a task acquired but not started (agent stopping): SUBMITTED, no owner."""
+        async with self.backends.database.write() as repository:
+            await repository.update(
+                Task,
+                {
+                    "task_id": task.task_id,
+                    "status": TaskStatus.DISPATCHED,
+                    "owner_pod_id": self.owner_id,
+                },
+                {"status": TaskStatus.SUBMITTED, "owner_pod_id": "", "pod_hostname": ""},
+            )
+
+    async def status_of(self, task_id: str) -> tuple[TaskStatus, SessionStatus] | None:
+        async with self.backends.database.read() as repository:
+            task = await repository.get(Task, task_id)
+            session = await repository.get(Session, task.session_id) if task else None
+        if task is None or session is None:
+            return None
+        return task.status, session.status
+
+    # -- ending ------------------------------------------------------------------------------
+
+    async def complete(self, task: Task, outcome: TaskOutcome, processed_at: float) -> bool:
+        """Commit a success; False when the task is no longer ours to complete."""
+        stamp = now()
+        ready: list[ReadyTask] = []
+        try:
+            async with self.backends.database.write() as repository:
+                session = await load_session(repository, task.session_id)
+                await repository.insert(outcome.created)
+                completed: list[str] = []
+                for stored in outcome.stored:
+                    completed += await repository.update(
+                        Result,
+                        {"result_id": stored.result_id, "status": ResultStatus.CREATED},
+                        {
+                            "status": ResultStatus.COMPLETED,
+                            "opaque_id": stored.opaque_id,
+                            "size": stored.size,
+                            "completed_at": stamp,
+                            "completed_by": task.task_id,
+                        },
+                    )
+                if outcome.subtasks:
+                    ready += await create_tasks(repository, session, outcome.subtasks, parent=task)
+                ready += await resolve(repository, session, completed)
+                # Outputs neither produced nor handed over would stay CREATED forever and
+                # their readers would wait forever: abort them instead (ArmoniK only logs).
+                forgotten = [
+                    r.result_id
+                    for r in await repository.find(
+                        Result,
+                        {
+                            "result_id": task.expected_output_ids,
+                            "owner_task_id": task.task_id,
+                            "status": ResultStatus.CREATED,
+                        },
+                    )
+                ]
+                if forgotten:
+                    await terminate(
+                        repository,
+                        [task.task_id],
+                        forgotten,
+                        f"Task {task.task_id} did not produce these outputs",
+                    )
+                done = await repository.update(
+                    Task,
+                    {
+                        "task_id": task.task_id,
+                        "status": TaskStatus.PROCESSING,
+                        "owner_pod_id": self.owner_id,
+                    },
+                    self._ended(task, TaskStatus.COMPLETED, stamp, processed_at=processed_at),
+                )
+                if not done:
+                    raise _NotOurs
+        except _NotOurs:
+            return False
+        await push_ready(self.backends.queue, ready)
+        return True
+
+    async def fail(
+        self,
+        task: Task,
+        message: str,
+        retry: bool,
+        status: TaskStatus = TaskStatus.ERROR,
+        expected_owner: str | None = None,
+    ) -> TaskStatus:
+        """End an attempt that did not succeed: a new attempt when `retry` and attempts
+        remain (RETRIED), else `status` with its outputs aborted and dependents ended."""
+        owner = self.owner_id if expected_owner is None else expected_owner
+        stamp = now()
+        ready: list[ReadyTask] = []
+        async with self.backends.database.write() as repository:
+            session = await load_session(repository, task.session_id)
+            retrying = retry and len(task.retry_of_ids) < task.options.max_retries
+            final = TaskStatus.RETRIED if retrying else status
+            ended = await repository.update(
+                Task,
+                {
+                    "task_id": task.task_id,
+                    "status": [TaskStatus.DISPATCHED, TaskStatus.PROCESSING],
+                    "owner_pod_id": owner,
+                },
+                {**self._ended(task, final, stamp), "error": message},
+            )
+            if not ended:
+                current = await repository.get(Task, task.task_id)
+                if current is not None and current.status == TaskStatus.CANCELLING:
+                    await self._cancel(repository, current, "Task was cancelled")
+                    return TaskStatus.CANCELLED
+                return current.status if current else status
+            if retrying:
+                ready = await self._retry(repository, session, task)
+            else:
+                await terminate(
+                    repository,
+                    [task.task_id],
+                    task.expected_output_ids,
+                    f"Task {task.task_id} failed:\n{message}",
+                )
+        await push_ready(self.backends.queue, ready)
+        return final
+
+    async def _retry(self, repository: Repository, session: Session, task: Task) -> list[ReadyTask]:
+        attempt = Task(
+            task_id=retry_id(task.initial_task_id, len(task.retry_of_ids) + 1),
+            session_id=task.session_id,
+            payload_id=task.payload_id,
+            options=task.options,
+            initial_task_id=task.initial_task_id,
+            parent_task_ids=task.parent_task_ids,
+            data_dependencies=task.data_dependencies,
+            expected_output_ids=task.expected_output_ids,
+            retry_of_ids=[*task.retry_of_ids, task.task_id],
+            created_by=task.task_id,
+            created_at=now(),
+            status=TaskStatus.PENDING,
+        )
+        if await repository.get(Task, attempt.task_id) is not None:
+            return []  # this retry exists already (a recovery ran twice)
+        await repository.insert([attempt])
+        await repository.set_owners(
+            [(out, attempt.task_id) for out in task.expected_output_ids],
+            expected_owner=task.task_id,
+        )
+        # Its inputs were complete for the failed attempt; a data deletion since is caught
+        # by the prefetch of the new attempt.
+        return await submit(repository, session, [attempt.task_id])
+
+    async def cancelled(self, task: Task) -> None:
+        """The agent stopped a task because it was cancelled."""
+        async with self.backends.database.write() as repository:
+            await self._cancel(repository, task, "Task was cancelled")
+
+    async def _cancel(self, repository: Repository, task: Task, reason: str) -> None:
+        await repository.update(
+            Task,
+            {
+                "task_id": task.task_id,
+                "status": [s for s in TaskStatus if s not in FINAL_TASK_STATUSES],
+            },
+            {"status": TaskStatus.CANCELLED, "ended_at": now(), "error": task.error or reason},
+        )
+        await repository.delete_dependencies_of([task.task_id])
+        await terminate(repository, [task.task_id], task.expected_output_ids, reason)
+
+    @staticmethod
+    def _ended(
+        task: Task, status: TaskStatus, stamp: float, processed_at: float | None = None
+    ) -> dict[str, object]:
+        values: dict[str, object] = {"status": status, "ended_at": stamp}
+        if processed_at is not None:
+            values["processed_at"] = processed_at
+        if task.created_at is not None:
+            values["creation_to_end_duration"] = stamp - task.created_at
+        if task.started_at is not None:
+            values["processing_to_end_duration"] = stamp - task.started_at
+        if task.received_at is not None:
+            values["received_to_end_duration"] = stamp - task.received_at
+        return values
+
+
+class _NotOurs(ArmoniKError):
+    """Rolls back a completion whose task was cancelled or taken over meanwhile."""

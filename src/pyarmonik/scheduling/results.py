@@ -1,0 +1,188 @@
+"""Results: metadata, data upload and download, deletion, import, ownership."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+
+from pyarmonik.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from pyarmonik.domain.filters import ListQuery
+from pyarmonik.domain.ids import new_id
+from pyarmonik.domain.records import Result
+from pyarmonik.domain.statuses import ResultStatus, SessionStatus
+from pyarmonik.scheduling.backends import Backends, now
+from pyarmonik.scheduling.graph import push_ready, resolve
+from pyarmonik.scheduling.sessions import load_session
+from pyarmonik.storage.database import Repository
+from pyarmonik.storage.objects import single_chunk
+
+OPEN_SESSION = frozenset({SessionStatus.RUNNING, SessionStatus.PAUSED})
+
+
+async def load_results(
+    repository: Repository, session_id: str, result_ids: list[str]
+) -> list[Result]:
+    """The results with these ids in this session, in the given order; NOT_FOUND otherwise."""
+    if not all(result_ids):
+        raise InvalidArgument("result ids must not be empty")
+    found = {r.result_id: r for r in await repository.find(Result, {"result_id": result_ids})}
+    missing = [i for i in result_ids if i not in found or found[i].session_id != session_id]
+    if missing:
+        raise NotFound(f"Results not found in session {session_id}: {', '.join(missing[:10])}")
+    return [found[i] for i in result_ids]
+
+
+class ResultService:
+    def __init__(self, backends: Backends, data_chunk_max_size: int):
+        self.backends = backends
+        self.data_chunk_max_size = data_chunk_max_size
+
+    async def _open_session(self, repository: Repository, session_id: str) -> None:
+        session = await load_session(repository, session_id)
+        if session.status not in OPEN_SESSION:
+            raise FailedPrecondition(f"Session {session_id} is {session.status.name}")
+
+    async def create_metadata(
+        self, session_id: str, entries: list[tuple[str, bool]], created_by: str = ""
+    ) -> list[Result]:
+        stamp = now()
+        results = [
+            Result(
+                result_id=new_id(),
+                session_id=session_id,
+                name=name,
+                manual_deletion=manual,
+                created_by=created_by,
+                created_at=stamp,
+            )
+            for name, manual in entries
+        ]
+        async with self.backends.database.write() as repository:
+            await self._open_session(repository, session_id)
+            await repository.insert(results)
+        return results
+
+    async def create_with_data(
+        self, session_id: str, entries: list[tuple[str, bytes, bool]]
+    ) -> list[Result]:
+        async with self.backends.database.read() as repository:
+            await self._open_session(repository, session_id)
+        stored = [await self.backends.objects.put(single_chunk(data)) for _, data, _ in entries]
+        stamp = now()
+        results = [
+            Result(
+                result_id=new_id(),
+                session_id=session_id,
+                name=name,
+                manual_deletion=manual,
+                status=ResultStatus.COMPLETED,
+                # ArmoniK records the session as the owner of client-created data.
+                owner_task_id=session_id,
+                opaque_id=opaque_id,
+                size=size,
+                created_at=stamp,
+                completed_at=stamp,
+            )
+            for (name, _, manual), (opaque_id, size) in zip(entries, stored, strict=True)
+        ]
+        try:
+            async with self.backends.database.write() as repository:
+                await self._open_session(repository, session_id)
+                await repository.insert(results)
+        except BaseException:
+            await self.backends.objects.delete([opaque for opaque, _ in stored])
+            raise
+        return results
+
+    async def upload(self, session_id: str, result_id: str, chunks: AsyncIterable[bytes]) -> Result:
+        """Store a result's data, complete it, and queue the tasks that were waiting for it."""
+        async with self.backends.database.read() as repository:
+            await load_session(repository, session_id)
+            (result,) = await load_results(repository, session_id, [result_id])
+        if result.status != ResultStatus.CREATED:
+            raise FailedPrecondition(f"Result {result_id} is {result.status.name}, not CREATED")
+        opaque_id, size = await self.backends.objects.put(chunks)
+        completed = await self._complete(session_id, [(result_id, opaque_id, size)])
+        if not completed:
+            await self.backends.objects.delete([opaque_id])
+            raise FailedPrecondition(f"Result {result_id} is no longer CREATED")
+        return completed[0]
+
+    async def _complete(
+        self, session_id: str, stored: list[tuple[str, bytes, int]]
+    ) -> list[Result]:
+        """Mark CREATED results COMPLETED with their stored data; resolve their dependents."""
+        stamp = now()
+        completed: list[Result] = []
+        async with self.backends.database.write() as repository:
+            session = await load_session(repository, session_id)
+            for result_id, opaque_id, size in stored:
+                completed += await repository.update_returning(
+                    Result,
+                    {"result_id": result_id, "status": ResultStatus.CREATED},
+                    {
+                        "status": ResultStatus.COMPLETED,
+                        "opaque_id": opaque_id,
+                        "size": size,
+                        "completed_at": stamp,
+                    },
+                )
+            ready = await resolve(repository, session, [r.result_id for r in completed])
+        await push_ready(self.backends.queue, ready)
+        return completed
+
+    async def download(self, session_id: str, result_id: str) -> AsyncIterator[bytes]:
+        async with self.backends.database.read() as repository:
+            (result,) = await load_results(repository, session_id, [result_id])
+        if not result.opaque_id:
+            raise NotFound(f"Result {result_id} has no data ({result.status.name})")
+        return self.backends.objects.get(result.opaque_id)
+
+    async def delete_data(self, session_id: str, result_ids: list[str]) -> list[str]:
+        async with self.backends.database.write() as repository:
+            results = await load_results(repository, session_id, result_ids)
+            deleted = await repository.update_returning(
+                Result,
+                {"result_id": [r.result_id for r in results if not r.manual_deletion]},
+                {"status": ResultStatus.DELETED, "opaque_id": b""},
+            )
+        blobs = {r.result_id: r.opaque_id for r in results}
+        await self.backends.objects.delete(
+            [blobs[r.result_id] for r in deleted if blobs[r.result_id]]
+        )
+        return result_ids
+
+    async def import_data(self, session_id: str, pairs: list[tuple[str, bytes]]) -> list[Result]:
+        async with self.backends.database.read() as repository:
+            await load_session(repository, session_id)
+            results = await load_results(repository, session_id, [rid for rid, _ in pairs])
+        not_created = [r.result_id for r in results if r.status != ResultStatus.CREATED]
+        if not_created:
+            raise FailedPrecondition(
+                f"Results not in status CREATED: {', '.join(not_created[:10])}"
+            )
+        opaque_ids = [opaque for _, opaque in pairs]
+        sizes = await self.backends.objects.sizes(opaque_ids)
+        absent = [
+            o.decode(errors="replace") for o, n in zip(opaque_ids, sizes, strict=True) if n is None
+        ]
+        if absent:
+            raise NotFound(f"Opaque ids not found in object storage: {', '.join(absent[:10])}")
+        return await self._complete(
+            session_id,
+            [(rid, opaque, size or 0) for (rid, opaque), size in zip(pairs, sizes, strict=True)],
+        )
+
+    async def get(self, result_id: str) -> Result:
+        async with self.backends.database.read() as repository:
+            result = await repository.get(Result, result_id)
+        if result is None:
+            raise NotFound(f"Result {result_id} not found")
+        return result
+
+    async def list_page(self, query: ListQuery) -> tuple[list[Result], int]:
+        async with self.backends.database.read() as repository:
+            return await repository.list_page(Result, query)
+
+    async def owners(self, session_id: str, result_ids: list[str]) -> list[Result]:
+        async with self.backends.database.read() as repository:
+            return await load_results(repository, session_id, result_ids)

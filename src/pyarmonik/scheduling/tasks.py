@@ -1,0 +1,125 @@
+"""Tasks: submission (by clients and by running tasks), queries and cancellation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pyarmonik.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from pyarmonik.domain.filters import Filter, ListQuery
+from pyarmonik.domain.ids import new_id
+from pyarmonik.domain.options import TaskOptions
+from pyarmonik.domain.records import Session, Task
+from pyarmonik.scheduling.backends import Backends, now
+from pyarmonik.scheduling.graph import ReadyTask, create_tasks, push_ready
+from pyarmonik.scheduling.sessions import cancel_tasks_in, load_session
+from pyarmonik.storage.database import Repository
+
+
+@dataclass
+class TaskCreation:
+    """One task of a SubmitTasks request."""
+
+    payload_id: str
+    expected_output_ids: list[str]
+    data_dependencies: list[str] = field(default_factory=list)
+    options: TaskOptions | None = None
+
+
+def plan_tasks(
+    session: Session,
+    request_options: TaskOptions | None,
+    creations: list[TaskCreation],
+    parent: Task | None = None,
+) -> list[Task]:
+    """Validate a submission against its session and build the task records (not stored)."""
+    if not creations:
+        raise InvalidArgument("task_creations must not be empty")
+    allowed = session.worker_submission if parent else session.client_submission
+    if not allowed:
+        raise FailedPrecondition("Submission for the session is closed")
+    defaults = request_options.merged_over(session.options) if request_options else session.options
+    stamp = now()
+    tasks: list[Task] = []
+    for creation in creations:
+        if not creation.payload_id:
+            raise InvalidArgument("payload_id is required for every task")
+        if not creation.expected_output_ids:
+            raise InvalidArgument("every task needs at least one expected output")
+        if len(set(creation.expected_output_ids)) != len(creation.expected_output_ids):
+            raise InvalidArgument("expected outputs of a task must be distinct")
+        options = creation.options.merged_over(defaults) if creation.options else defaults
+        if options.partition_id not in session.partition_ids:
+            raise InvalidArgument(
+                f"Partition {options.partition_id!r} is not a partition of session {session.session_id}"
+            )
+        options.validate()
+        task_id = new_id()
+        tasks.append(
+            Task(
+                task_id=task_id,
+                session_id=session.session_id,
+                payload_id=creation.payload_id,
+                options=options,
+                initial_task_id=task_id,
+                parent_task_ids=(
+                    [*parent.parent_task_ids, parent.task_id] if parent else [session.session_id]
+                ),
+                data_dependencies=list(dict.fromkeys(creation.data_dependencies)),
+                expected_output_ids=list(creation.expected_output_ids),
+                created_by=parent.task_id if parent else "",
+                created_at=stamp,
+            )
+        )
+    return tasks
+
+
+class TaskService:
+    def __init__(self, backends: Backends):
+        self.backends = backends
+
+    async def submit(
+        self, session_id: str, request_options: TaskOptions | None, creations: list[TaskCreation]
+    ) -> list[Task]:
+        """A client submission: tasks are stored, and queued once their inputs exist."""
+        async with self.backends.database.write() as repository:
+            session = await load_session(repository, session_id)
+            tasks = plan_tasks(session, request_options, creations)
+            ready: list[ReadyTask] = await create_tasks(repository, session, tasks)
+        await push_ready(self.backends.queue, ready)
+        return tasks
+
+    async def get(self, task_id: str) -> Task:
+        async with self.backends.database.read() as repository:
+            task = await repository.get(Task, task_id)
+        if task is None:
+            raise NotFound(f"Task {task_id} not found")
+        return task
+
+    async def list_page(self, query: ListQuery) -> tuple[list[Task], int]:
+        async with self.backends.database.read() as repository:
+            return await repository.list_page(Task, query)
+
+    async def count_by_status(self, task_filter: Filter) -> dict[int, int]:
+        async with self.backends.database.read() as repository:
+            return await repository.count_tasks_by_status(task_filter)
+
+    async def _load(self, repository: Repository, task_ids: list[str]) -> list[Task]:
+        if not all(task_ids):
+            raise InvalidArgument("task ids must not be empty")
+        found = {t.task_id: t for t in await repository.find(Task, {"task_id": task_ids})}
+        missing = [i for i in task_ids if i not in found]
+        if missing:
+            raise NotFound(f"Tasks not found: {', '.join(missing[:10])}")
+        return [found[i] for i in task_ids]
+
+    async def result_ids(self, task_ids: list[str]) -> list[Task]:
+        async with self.backends.database.read() as repository:
+            return await self._load(repository, task_ids)
+
+    async def cancel(self, task_ids: list[str]) -> list[Task]:
+        """Cancel tasks: those not started end CANCELLED, running ones are stopped by their
+        agent (CANCELLING then CANCELLED); outputs are aborted, dependents end in ERROR."""
+        async with self.backends.database.write() as repository:
+            await self._load(repository, task_ids)
+            await cancel_tasks_in(repository, {"task_id": task_ids}, "Task was cancelled")
+            return await self._load(repository, task_ids)

@@ -1,0 +1,468 @@
+"""PostgreSQL adapter (asyncpg): the database of a cluster, shared by many machines.
+
+Same tables as the SQLite adapter; lists and maps are `jsonb`, times DOUBLE PRECISION seconds
+since the epoch. The repository (sql.py) writes `?` placeholders and JSON text: the connection
+wrapper numbers the placeholders and a text codec passes jsonb through unchanged.
+
+The change log must be tailed without gaps: a reader that has seen seq N must never later find
+a newly committed seq < N. A BIGSERIAL alone does not promise that (numbers are taken at insert
+time, transactions commit in any order), so the log triggers are *deferred*: they run at commit,
+after every row lock of the transaction is held, and number the entries under one advisory lock
+that commit releases. Committers serialise on it only for those last inserts, as they already do
+on NOTIFY's own commit-time lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from pyarmonik.domain.errors import Unavailable
+from pyarmonik.domain.filters import POSTGRES_DIALECT
+from pyarmonik.domain.records import Row
+from pyarmonik.storage.database.sql import Repository
+
+CHANNEL = "pyarmonik_changes"
+
+# Text columns sort by code point, like SQLite and Python, whatever the database's locale.
+_TABLES = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id {text} PRIMARY KEY,
+    status INTEGER NOT NULL,
+    client_submission BOOLEAN NOT NULL,
+    worker_submission BOOLEAN NOT NULL,
+    partition_ids JSONB NOT NULL,
+    opt_max_duration DOUBLE PRECISION, opt_max_retries INTEGER, opt_priority INTEGER,
+    opt_partition_id {text}, opt_application_name {text}, opt_application_version {text},
+    opt_application_namespace {text}, opt_application_service {text}, opt_engine_type {text},
+    opt_options JSONB,
+    created_at DOUBLE PRECISION, cancelled_at DOUBLE PRECISION, closed_at DOUBLE PRECISION,
+    purged_at DOUBLE PRECISION, deleted_at DOUBLE PRECISION, duration DOUBLE PRECISION
+);
+CREATE INDEX IF NOT EXISTS sessions_status ON sessions (status);
+CREATE INDEX IF NOT EXISTS sessions_created_at ON sessions (created_at);
+
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id {text} PRIMARY KEY,
+    session_id {text} NOT NULL,
+    payload_id {text} NOT NULL,
+    status INTEGER NOT NULL,
+    initial_task_id {text} NOT NULL,
+    owner_pod_id {text} NOT NULL,
+    pod_hostname {text} NOT NULL,
+    parent_task_ids JSONB NOT NULL,
+    data_dependencies JSONB NOT NULL,
+    expected_output_ids JSONB NOT NULL,
+    retry_of_ids JSONB NOT NULL,
+    created_by {text} NOT NULL,
+    status_message {text} NOT NULL,
+    error {text} NOT NULL,
+    opt_max_duration DOUBLE PRECISION, opt_max_retries INTEGER, opt_priority INTEGER,
+    opt_partition_id {text}, opt_application_name {text}, opt_application_version {text},
+    opt_application_namespace {text}, opt_application_service {text}, opt_engine_type {text},
+    opt_options JSONB,
+    created_at DOUBLE PRECISION, submitted_at DOUBLE PRECISION, received_at DOUBLE PRECISION,
+    acquired_at DOUBLE PRECISION, fetched_at DOUBLE PRECISION, started_at DOUBLE PRECISION,
+    processed_at DOUBLE PRECISION, ended_at DOUBLE PRECISION, pod_ttl DOUBLE PRECISION,
+    creation_to_end_duration DOUBLE PRECISION, processing_to_end_duration DOUBLE PRECISION,
+    received_to_end_duration DOUBLE PRECISION
+);
+CREATE INDEX IF NOT EXISTS tasks_session_status ON tasks (session_id, status);
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status);
+CREATE INDEX IF NOT EXISTS tasks_session_created ON tasks (session_id, created_at);
+CREATE INDEX IF NOT EXISTS tasks_session_ended ON tasks (session_id, ended_at);
+CREATE INDEX IF NOT EXISTS tasks_initial ON tasks (initial_task_id);
+CREATE INDEX IF NOT EXISTS tasks_created_by ON tasks (created_by);
+CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner_pod_id);
+CREATE INDEX IF NOT EXISTS tasks_partition ON tasks (opt_partition_id, status);
+CREATE INDEX IF NOT EXISTS tasks_application ON tasks (opt_application_name,
+    opt_application_version, opt_application_namespace, opt_application_service);
+
+CREATE TABLE IF NOT EXISTS results (
+    result_id {text} PRIMARY KEY,
+    session_id {text} NOT NULL,
+    name {text} NOT NULL,
+    status INTEGER NOT NULL,
+    owner_task_id {text} NOT NULL,
+    created_by {text} NOT NULL,
+    completed_by {text} NOT NULL,
+    opaque_id BYTEA NOT NULL,
+    size BIGINT NOT NULL,
+    manual_deletion BOOLEAN NOT NULL,
+    created_at DOUBLE PRECISION,
+    completed_at DOUBLE PRECISION
+);
+CREATE INDEX IF NOT EXISTS results_session_status ON results (session_id, status);
+CREATE INDEX IF NOT EXISTS results_session_name ON results (session_id, name);
+CREATE INDEX IF NOT EXISTS results_owner ON results (owner_task_id);
+CREATE INDEX IF NOT EXISTS results_created_by ON results (created_by);
+
+CREATE TABLE IF NOT EXISTS partitions (
+    partition_id {text} PRIMARY KEY,
+    parent_partition_ids JSONB NOT NULL,
+    pod_reserved INTEGER NOT NULL,
+    pod_max INTEGER NOT NULL,
+    preemption_percentage INTEGER NOT NULL,
+    priority INTEGER NOT NULL,
+    pod_configuration JSONB NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS task_dependencies (
+    task_id {text} NOT NULL,
+    result_id {text} NOT NULL,
+    PRIMARY KEY (task_id, result_id)
+);
+CREATE INDEX IF NOT EXISTS task_dependencies_result ON task_dependencies (result_id);
+
+CREATE TABLE IF NOT EXISTS changes (
+    seq BIGSERIAL PRIMARY KEY,
+    at DOUBLE PRECISION NOT NULL,
+    session_id {text} NOT NULL,
+    kind INTEGER NOT NULL,
+    entity_id {text} NOT NULL,
+    status INTEGER NOT NULL,
+    previous_owner {text} NOT NULL DEFAULT '',
+    current_owner {text} NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS changes_at ON changes (at);
+"""
+
+# kind = the Events API's EventsEnum: 1 new task, 2 task status, 3 new result, 4 result
+# status, 5 result owner (the trigger passes it). Functions run with the caller's search_path,
+# hence the qualified names. NOTIFY carries the schema so that other schemas' listeners skip
+# it; PostgreSQL sends identical notifications of one transaction only once.
+_LOG_FUNCTIONS = """
+CREATE OR REPLACE FUNCTION {schema}.pyarmonik_log_task() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock({lock});
+    INSERT INTO {schema}.changes (at, session_id, kind, entity_id, status)
+    VALUES (extract(epoch FROM clock_timestamp()), NEW.session_id, TG_ARGV[0]::integer,
+            NEW.task_id, NEW.status);
+    PERFORM pg_notify('{channel}', {payload});
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION {schema}.pyarmonik_log_result() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    kind integer := TG_ARGV[0]::integer;
+BEGIN
+    PERFORM pg_advisory_xact_lock({lock});
+    INSERT INTO {schema}.changes
+        (at, session_id, kind, entity_id, status, previous_owner, current_owner)
+    VALUES (extract(epoch FROM clock_timestamp()), NEW.session_id, kind, NEW.result_id,
+            NEW.status,
+            CASE WHEN kind = 5 THEN OLD.owner_task_id ELSE '' END,
+            CASE WHEN kind IN (3, 5) THEN NEW.owner_task_id ELSE '' END);
+    PERFORM pg_notify('{channel}', {payload});
+    RETURN NULL;
+END $$;
+"""
+
+# Deferred to commit (see the module docstring); WHEN is still evaluated at the update, so
+# each entry records the row as that update left it. Triggers of one event fire by name:
+# results_log_owner before results_log_status, the order SQLite uses.
+_LOG_TRIGGERS = """
+CREATE CONSTRAINT TRIGGER tasks_log_insert AFTER INSERT ON tasks
+DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+EXECUTE FUNCTION {schema}.pyarmonik_log_task('1');
+CREATE CONSTRAINT TRIGGER tasks_log_status AFTER UPDATE OF status ON tasks
+DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (OLD.status <> NEW.status)
+EXECUTE FUNCTION {schema}.pyarmonik_log_task('2');
+CREATE CONSTRAINT TRIGGER results_log_insert AFTER INSERT ON results
+DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+EXECUTE FUNCTION {schema}.pyarmonik_log_result('3');
+CREATE CONSTRAINT TRIGGER results_log_status AFTER UPDATE OF status ON results
+DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (OLD.status <> NEW.status)
+EXECUTE FUNCTION {schema}.pyarmonik_log_result('4');
+CREATE CONSTRAINT TRIGGER results_log_owner AFTER UPDATE OF owner_task_id ON results
+DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (OLD.owner_task_id <> NEW.owner_task_id)
+EXECUTE FUNCTION {schema}.pyarmonik_log_result('5');
+"""
+
+# Schema migrations, applied in order, each once (recorded in schema_version). Append only.
+MIGRATIONS: list[str] = [_TABLES + _LOG_FUNCTIONS + _LOG_TRIGGERS]
+
+# What a connection attempt raises when the server is down, unknown, or refuses us.
+_UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+_PLACEHOLDER = re.compile(r"'[^']*'|\"[^\"]*\"|\?")
+
+
+@functools.lru_cache(maxsize=4096)
+def numbered(sql: str) -> str:
+    """`?` placeholders as `$1..$n`; quoted literals and identifiers are left alone."""
+    if "?" not in sql:
+        return sql
+    count = 0
+
+    def number(match: re.Match[str]) -> str:
+        nonlocal count
+        if match.group() != "?":
+            return match.group()
+        count += 1
+        return f"${count}"
+
+    return _PLACEHOLDER.sub(number, sql)
+
+
+def _rowcount(status: str) -> int:
+    """Rows touched, from a command status such as 'UPDATE 3' or 'INSERT 0 1'."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+def _identity(value: str) -> str:
+    return value
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _lock_key(*parts: str) -> int:
+    """A stable signed 64-bit advisory lock key."""
+    digest = hashlib.sha256("\0".join(("pyarmonik", *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def redact(url: str) -> str:
+    """The URL without its password (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class _Connection:
+    """An asyncpg connection behind the SqlConnection protocol."""
+
+    def __init__(self, connection: asyncpg.Connection):
+        self._connection = connection
+
+    async def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> int:
+        status: str = await self._connection.execute(numbered(sql), *params)
+        return _rowcount(status)
+
+    async def executemany(self, sql: str, params: list[tuple[Any, ...]]) -> None:
+        if params:
+            await self._connection.executemany(numbered(sql), params)
+
+    async def fetch(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Row]:
+        rows = await self._connection.fetch(numbered(sql), *params)
+        return [dict(row.items()) for row in rows]
+
+
+class PostgresDatabase:
+    """The cluster database: a pool of asyncpg connections and one LISTEN connection.
+
+    `url` is a libpq-style URL; its query may name a PostgreSQL schema (`?schema=NAME`,
+    overridden by the `schema` argument), created when missing and put first on the
+    search_path of every connection, so that deployments or tests can share one database.
+    """
+
+    dialect = POSTGRES_DIALECT
+    name = "postgres"
+
+    def __init__(
+        self,
+        url: str,
+        min_size: int = 1,
+        max_size: int = 10,
+        schema: str | None = None,
+        connect_timeout: float = 10.0,
+    ):
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        url_schema = next((value for key, value in query if key == "schema"), None)
+        # asyncpg would send an unknown query parameter to the server as a setting.
+        self._dsn = urlunsplit(
+            parts._replace(query=urlencode([(k, v) for k, v in query if k != "schema"]))
+        )
+        self.url = url
+        self.schema = schema or url_schema or None
+        self.min_size = min_size
+        self.max_size = max_size
+        self.connect_timeout = connect_timeout
+        self._server_settings = {"application_name": "pyarmonik"}
+        if self.schema:
+            self._server_settings["search_path"] = _identifier(self.schema)
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self.listening: asyncpg.Connection | None = None  # the LISTEN connection, if up
+        self._changed = asyncio.Event()
+        self._current_schema = ""
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=self.min_size,
+                max_size=self.max_size,
+                timeout=self.connect_timeout,
+                server_settings=self._server_settings,
+                init=self._init_connection,
+            )
+            async with self._pool.acquire() as connection:
+                await self._migrate(connection)
+            listening = await self._listen()
+        except _UNREACHABLE as error:
+            await self.close()
+            raise Unavailable(
+                f"PostgreSQL at {redact(self.url)} is unavailable: {error}"
+            ) from error
+        except BaseException:
+            await self.close()
+            raise
+        self._listener = asyncio.create_task(self._keep_listening(listening))
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @staticmethod
+    async def _init_connection(connection: asyncpg.Connection) -> None:
+        # sql.py encodes and decodes JSON itself: jsonb travels as its text, untouched.
+        await connection.set_type_codec(
+            "jsonb", encoder=_identity, decoder=_identity, schema="pg_catalog", format="text"
+        )
+
+    async def _migrate(self, connection: asyncpg.Connection) -> None:
+        """Create or upgrade the schema; concurrent starts queue on an advisory lock."""
+        async with connection.transaction():
+            schema = self.schema or await connection.fetchval("SELECT current_schema()")
+            if not schema:
+                raise Unavailable("PostgreSQL: no schema on the search_path; set ?schema=NAME")
+            await connection.execute(
+                "SELECT pg_advisory_xact_lock($1)", _lock_key("schema", schema)
+            )
+            quoted = _identifier(schema)
+            await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
+            await connection.execute(f"SET LOCAL search_path TO {quoted}")
+            await connection.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version ("
+                "version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            current = await connection.fetchval(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_version"
+            )
+            for version, script in enumerate(MIGRATIONS, start=1):
+                if version <= current:
+                    continue
+                await connection.execute(
+                    script.format(
+                        text='TEXT COLLATE "C"',
+                        schema=quoted,
+                        lock=_lock_key("changes", schema),
+                        channel=CHANNEL,
+                        payload=_literal(schema),
+                    )
+                )
+                await connection.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)",
+                    version,
+                    time.time(),
+                )
+        self._current_schema = schema
+
+    # -- repositories ----------------------------------------------------------------------
+
+    def _started(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("database not started")
+        return self._pool
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[Repository]:
+        async with self._started().acquire() as connection:
+            yield Repository(_Connection(connection), self.dialect)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[Repository]:
+        async with (
+            self._started().acquire() as connection,
+            connection.transaction(isolation="read_committed"),
+        ):
+            yield Repository(_Connection(connection), self.dialect, lock_suffix=" FOR SHARE")
+        self._changed.set()
+
+    async def check_health(self) -> None:
+        async with self._started().acquire() as connection:
+            await connection.fetchval("SELECT 1")
+
+    # -- change notifications ----------------------------------------------------------------
+
+    async def wait_for_changes(self, timeout: float) -> None:
+        # NOTIFY wakes us for every process's commits; our own writes set the event directly.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        self._changed.clear()
+
+    def _notified(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        if payload == self._current_schema:
+            self._changed.set()
+
+    async def _listen(self) -> asyncpg.Connection:
+        connection = await asyncpg.connect(
+            self._dsn, timeout=self.connect_timeout, server_settings=self._server_settings
+        )
+        try:
+            await connection.add_listener(CHANNEL, self._notified)
+        except BaseException:
+            connection.terminate()
+            raise
+        self.listening = connection
+        return connection
+
+    async def _keep_listening(self, connection: asyncpg.Connection) -> None:
+        """Hold the LISTEN connection; when it drops, reconnect with backoff."""
+        delay = 0.5
+        while True:
+            lost = asyncio.Event()
+            connection.add_termination_listener(lambda _connection, lost=lost: lost.set())
+            if connection.is_closed():  # lost before we could hear of it
+                lost.set()
+            try:
+                await lost.wait()
+            finally:
+                self.listening = None
+                with contextlib.suppress(Exception):
+                    await connection.close(timeout=1)
+            # Notifications may have been missed while deaf: let the tailers look.
+            self._changed.set()
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    connection = await self._listen()
+                    break
+                except _UNREACHABLE:
+                    delay = min(delay * 2, 10.0)
+            delay = 0.5
+            self._changed.set()

@@ -1,0 +1,340 @@
+"""Every query of pyarmonik, written once in the SQL that SQLite and PostgreSQL share.
+
+`Where` is a conjunction of column conditions: a scalar means `=`, a list/set/tuple means
+`IN`. It covers the conditional updates the scheduler needs (`status IN (...) AND owner = ''`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from typing import Any, Protocol, TypeVar, cast
+
+from pyarmonik.domain.filters import MATCH_ALL, Filter, ListQuery, SqlDialect, order_by_sql, to_sql
+from pyarmonik.domain.records import Application, Partition, Result, Row, Session, Task
+
+Record = Session | Task | Result | Partition
+R = TypeVar("R", bound=Record)
+Where = dict[str, Any]
+
+JSON_COLUMNS = frozenset(
+    {
+        "partition_ids",
+        "opt_options",
+        "parent_task_ids",
+        "data_dependencies",
+        "expected_output_ids",
+        "retry_of_ids",
+        "parent_partition_ids",
+        "pod_configuration",
+    }
+)
+# Stay well below SQLite's limit on bound parameters.
+CHUNK = 2000
+
+
+class SqlConnection(Protocol):
+    """The few calls the repository makes; placeholders are `?`, rows come back as dicts."""
+
+    async def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> int:
+        """Run one statement; return the number of rows it touched."""
+        ...
+
+    async def executemany(self, sql: str, params: list[tuple[Any, ...]]) -> None: ...
+
+    async def fetch(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Row]: ...
+
+
+def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _encode(column: str, value: Any) -> Any:
+    if column in JSON_COLUMNS:
+        return json.dumps(value)
+    return value
+
+
+def _decode(row: Row) -> Row:
+    for column in JSON_COLUMNS.intersection(row):
+        value = row[column]
+        if isinstance(value, str):
+            row[column] = json.loads(value)
+    return row
+
+
+def _records(kind: type[R], rows: list[Row]) -> list[R]:
+    return [cast(R, kind.from_row(_decode(row))) for row in rows]
+
+
+def _is_many(value: Any) -> bool:
+    return isinstance(value, Collection) and not isinstance(value, str | bytes)
+
+
+def where_sql(where: Where) -> tuple[str, list[Any]]:
+    """SQL for a conjunction of `column = value` / `column IN (values)`."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in where.items():
+        if _is_many(value):
+            values = list(value)
+            if not values:
+                return "1=0", []
+            clauses.append(f"{column} IN ({','.join('?' * len(values))})")
+            params.extend(int(v) if isinstance(v, bool) else v for v in values)
+        else:
+            clauses.append(f"{column} = ?")
+            params.append(_encode(column, value))
+    return (" AND ".join(clauses) or "1=1"), params
+
+
+class Repository:
+    """Queries over one connection; inside `Database.write()` they share one transaction."""
+
+    def __init__(self, connection: SqlConnection, dialect: SqlDialect, lock_suffix: str = ""):
+        self.connection = connection
+        self.dialect = dialect
+        # Row locks for reads that must not race a concurrent writer (" FOR SHARE" in PostgreSQL;
+        # SQLite serialises writers, so nothing there).
+        self.lock_suffix = lock_suffix
+
+    # -- generic record access -------------------------------------------------------------
+
+    async def insert(self, records: Sequence[Record]) -> None:
+        """Insert records of one type."""
+        if not records:
+            return
+        first = records[0].to_row()
+        columns = list(first)
+        sql = (
+            f"INSERT INTO {records[0].TABLE} ({','.join(columns)}) "
+            f"VALUES ({','.join('?' * len(columns))})"
+        )
+        rows = [first, *(r.to_row() for r in records[1:])]
+        await self.connection.executemany(
+            sql, [tuple(_encode(c, row[c]) for c in columns) for row in rows]
+        )
+
+    async def find(self, kind: type[R], where: Where, lock: bool = False) -> list[R]:
+        """Records of `kind` matching `where` (chunked on the first IN-list)."""
+        rows: list[Row] = []
+        for part in self._split(where):
+            sql, params = where_sql(part)
+            suffix = self.lock_suffix if lock else ""
+            rows += await self.connection.fetch(
+                f"SELECT * FROM {kind.TABLE} WHERE {sql}{suffix}", params
+            )
+        return _records(kind, rows)
+
+    async def get(self, kind: type[R], key: str) -> R | None:
+        found = await self.find(kind, {kind.KEY: key})
+        return found[0] if found else None
+
+    async def update(self, kind: type[R], where: Where, values: dict[str, Any]) -> list[str]:
+        """Conditional update; returns the keys of the records it changed."""
+        keys: list[str] = []
+        assignments = ",".join(f"{column} = ?" for column in values)
+        set_params: list[Any] = [_encode(c, v) for c, v in values.items()]
+        for part in self._split(where):
+            sql, params = where_sql(part)
+            rows = await self.connection.fetch(
+                f"UPDATE {kind.TABLE} SET {assignments} WHERE {sql} RETURNING {kind.KEY}",
+                set_params + params,
+            )
+            keys += [row[kind.KEY] for row in rows]
+        return keys
+
+    async def update_returning(
+        self, kind: type[R], where: Where, values: dict[str, Any]
+    ) -> list[R]:
+        """Conditional update; returns the changed records as they are after it."""
+        assignments = ",".join(f"{column} = ?" for column in values)
+        set_params: list[Any] = [_encode(c, v) for c, v in values.items()]
+        records: list[R] = []
+        for part in self._split(where):
+            sql, params = where_sql(part)
+            rows = await self.connection.fetch(
+                f"UPDATE {kind.TABLE} SET {assignments} WHERE {sql} RETURNING *",
+                set_params + params,
+            )
+            records += _records(kind, rows)
+        return records
+
+    async def update_each(
+        self, kind: type[R], key_values: list[tuple[str, dict[str, Any]]]
+    ) -> None:
+        """Per-record updates with the same columns (e.g. each result's size and opaque id)."""
+        if not key_values:
+            return
+        columns: list[str] = list(key_values[0][1])
+        assignments = ",".join(f"{column} = ?" for column in columns)
+        rows: list[tuple[Any, ...]] = []
+        for key, changes in key_values:
+            rows.append((*(_encode(c, changes[c]) for c in columns), key))
+        await self.connection.executemany(
+            f"UPDATE {kind.TABLE} SET {assignments} WHERE {kind.KEY} = ?", rows
+        )
+
+    async def delete(self, kind: type[Record], where: Where) -> int:
+        count = 0
+        for part in self._split(where):
+            sql, params = where_sql(part)
+            count += await self.connection.execute(f"DELETE FROM {kind.TABLE} WHERE {sql}", params)
+        return count
+
+    async def list_page(
+        self, kind: type[R], query: ListQuery, scope: Filter = MATCH_ALL
+    ) -> tuple[list[R], int]:
+        """One page of records matching `query.filter` AND `scope`, and the total count."""
+        from pyarmonik.domain.filters import and_filters
+
+        sql, params = to_sql(and_filters(query.filter, scope), self.dialect)
+        total_rows = await self.connection.fetch(
+            f"SELECT COUNT(*) AS n FROM {kind.TABLE} WHERE {sql}", params
+        )
+        total = int(total_rows[0]["n"])
+        if query.page_size == 0:
+            return [], total
+        order = (
+            order_by_sql(query.sort, self.dialect, kind.KEY) if query.sort else f"{kind.KEY} ASC"
+        )
+        rows = await self.connection.fetch(
+            f"SELECT * FROM {kind.TABLE} WHERE {sql} ORDER BY {order} LIMIT ? OFFSET ?",
+            params + [query.page_size, query.page * query.page_size],
+        )
+        return _records(kind, rows), total  # type: ignore[misc]
+
+    async def count_tasks_by_status(self, task_filter: Filter) -> dict[int, int]:
+        sql, params = to_sql(task_filter, self.dialect)
+        rows = await self.connection.fetch(
+            f"SELECT status, COUNT(*) AS n FROM tasks WHERE {sql} GROUP BY status", params
+        )
+        return {int(row["status"]): int(row["n"]) for row in rows}
+
+    async def list_applications(
+        self, query: ListQuery, sorts: Sequence[Any]
+    ) -> tuple[list[Application], int]:
+        """Distinct application tags of stored tasks, filtered, sorted and paged."""
+        columns = (
+            "opt_application_name, opt_application_version, "
+            "opt_application_namespace, opt_application_service"
+        )
+        sql, params = to_sql(query.filter, self.dialect)
+        distinct = f"SELECT DISTINCT {columns} FROM tasks WHERE {sql}"
+        total_rows = await self.connection.fetch(
+            f"SELECT COUNT(*) AS n FROM ({distinct}) AS apps", params
+        )
+        total = int(total_rows[0]["n"])
+        if query.page_size == 0:
+            return [], total
+        order = (
+            ", ".join(order_by_sql(s, self.dialect, "opt_application_name") for s in sorts)
+            or "opt_application_name ASC"
+        )
+        rows = await self.connection.fetch(
+            f"{distinct} ORDER BY {order}, {columns} LIMIT ? OFFSET ?",
+            params + [query.page_size, query.page * query.page_size],
+        )
+        apps = [
+            Application(
+                name=row["opt_application_name"],
+                version=row["opt_application_version"],
+                namespace=row["opt_application_namespace"],
+                service=row["opt_application_service"],
+            )
+            for row in rows
+        ]
+        return apps, total
+
+    async def set_owners(self, pairs: Iterable[tuple[str, str]], expected_owner: str) -> None:
+        """Give each result (first) to a task (second) if its owner is still `expected_owner`;
+        in a batch, the first claimant of a result wins."""
+        rows = [(owner, result_id, expected_owner) for result_id, owner in pairs]
+        if rows:
+            await self.connection.executemany(
+                "UPDATE results SET owner_task_id = ? WHERE result_id = ? AND owner_task_id = ?",
+                rows,
+            )
+
+    # -- data dependencies ----------------------------------------------------------------
+
+    async def add_dependencies(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Record that each task (first) waits for each result (second)."""
+        rows = list(pairs)
+        if rows:
+            await self.connection.executemany(
+                "INSERT INTO task_dependencies (task_id, result_id) VALUES (?, ?) "
+                "ON CONFLICT DO NOTHING",
+                rows,
+            )
+
+    async def remove_dependencies(self, result_ids: Sequence[str]) -> list[str]:
+        """Forget that tasks wait for these results; return the tasks that were waiting."""
+        waiting: set[str] = set()
+        for part in chunks(list(result_ids)):
+            rows = await self.connection.fetch(
+                f"DELETE FROM task_dependencies WHERE result_id IN ({','.join('?' * len(part))}) "
+                "RETURNING task_id",
+                list(part),
+            )
+            waiting.update(row["task_id"] for row in rows)
+        return sorted(waiting)
+
+    async def waiting_on(self, result_ids: Sequence[str]) -> list[str]:
+        """Tasks still waiting for any of these results."""
+        found: set[str] = set()
+        for part in chunks(list(result_ids)):
+            rows = await self.connection.fetch(
+                "SELECT DISTINCT task_id FROM task_dependencies "
+                f"WHERE result_id IN ({','.join('?' * len(part))})",
+                list(part),
+            )
+            found.update(row["task_id"] for row in rows)
+        return sorted(found)
+
+    async def without_dependencies(self, task_ids: Sequence[str]) -> list[str]:
+        """Of these tasks, those that wait for nothing any more."""
+        ready: list[str] = []
+        for part in chunks(list(task_ids)):
+            rows = await self.connection.fetch(
+                f"SELECT task_id FROM tasks t WHERE task_id IN ({','.join('?' * len(part))}) "
+                "AND NOT EXISTS (SELECT 1 FROM task_dependencies d WHERE d.task_id = t.task_id)",
+                list(part),
+            )
+            ready += [row["task_id"] for row in rows]
+        return ready
+
+    async def delete_dependencies_of(self, task_ids: Sequence[str]) -> None:
+        for part in chunks(list(task_ids)):
+            await self.connection.execute(
+                f"DELETE FROM task_dependencies WHERE task_id IN ({','.join('?' * len(part))})",
+                list(part),
+            )
+
+    # -- change log ----------------------------------------------------------------------------
+
+    async def last_change(self) -> int:
+        rows = await self.connection.fetch("SELECT COALESCE(MAX(seq), 0) AS seq FROM changes")
+        return int(rows[0]["seq"])
+
+    async def changes_after(self, seq: int, limit: int = 5000) -> list[Row]:
+        """Change-log entries after `seq`, oldest first."""
+        return await self.connection.fetch(
+            "SELECT * FROM changes WHERE seq > ? ORDER BY seq LIMIT ?", [seq, limit]
+        )
+
+    async def prune_changes(self, before: float) -> int:
+        return await self.connection.execute("DELETE FROM changes WHERE at < ?", [before])
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _split(where: Where) -> Iterator[Where]:
+        """Split a condition on its first long IN-list so each statement stays small."""
+        for column, value in where.items():
+            if _is_many(value) and len(value) > CHUNK:
+                for part in chunks(list(value)):
+                    yield {**where, column: part}
+                return
+        yield where

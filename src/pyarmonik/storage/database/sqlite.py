@@ -1,0 +1,243 @@
+"""SQLite adapter: the embedded database (WAL mode), shared by the processes of one machine."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from pyarmonik.domain.filters import SQLITE_DIALECT
+from pyarmonik.domain.records import Row
+from pyarmonik.storage.database.sql import Repository
+
+# Lists and maps are JSON text; times are REAL seconds since the epoch.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    status INTEGER NOT NULL,
+    client_submission INTEGER NOT NULL,
+    worker_submission INTEGER NOT NULL,
+    partition_ids TEXT NOT NULL,
+    opt_max_duration REAL, opt_max_retries INTEGER, opt_priority INTEGER,
+    opt_partition_id TEXT, opt_application_name TEXT, opt_application_version TEXT,
+    opt_application_namespace TEXT, opt_application_service TEXT, opt_engine_type TEXT,
+    opt_options TEXT,
+    created_at REAL, cancelled_at REAL, closed_at REAL, purged_at REAL, deleted_at REAL,
+    duration REAL
+);
+CREATE INDEX IF NOT EXISTS sessions_status ON sessions (status);
+CREATE INDEX IF NOT EXISTS sessions_created_at ON sessions (created_at);
+
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    payload_id TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    initial_task_id TEXT NOT NULL,
+    owner_pod_id TEXT NOT NULL,
+    pod_hostname TEXT NOT NULL,
+    parent_task_ids TEXT NOT NULL,
+    data_dependencies TEXT NOT NULL,
+    expected_output_ids TEXT NOT NULL,
+    retry_of_ids TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    status_message TEXT NOT NULL,
+    error TEXT NOT NULL,
+    opt_max_duration REAL, opt_max_retries INTEGER, opt_priority INTEGER,
+    opt_partition_id TEXT, opt_application_name TEXT, opt_application_version TEXT,
+    opt_application_namespace TEXT, opt_application_service TEXT, opt_engine_type TEXT,
+    opt_options TEXT,
+    created_at REAL, submitted_at REAL, received_at REAL, acquired_at REAL, fetched_at REAL,
+    started_at REAL, processed_at REAL, ended_at REAL, pod_ttl REAL,
+    creation_to_end_duration REAL, processing_to_end_duration REAL,
+    received_to_end_duration REAL
+);
+CREATE INDEX IF NOT EXISTS tasks_session_status ON tasks (session_id, status);
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status);
+CREATE INDEX IF NOT EXISTS tasks_session_created ON tasks (session_id, created_at);
+CREATE INDEX IF NOT EXISTS tasks_session_ended ON tasks (session_id, ended_at);
+CREATE INDEX IF NOT EXISTS tasks_initial ON tasks (initial_task_id);
+CREATE INDEX IF NOT EXISTS tasks_created_by ON tasks (created_by);
+CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner_pod_id);
+CREATE INDEX IF NOT EXISTS tasks_partition ON tasks (opt_partition_id, status);
+CREATE INDEX IF NOT EXISTS tasks_application ON tasks (opt_application_name,
+    opt_application_version, opt_application_namespace, opt_application_service);
+
+CREATE TABLE IF NOT EXISTS results (
+    result_id TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    owner_task_id TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    completed_by TEXT NOT NULL,
+    opaque_id BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    manual_deletion INTEGER NOT NULL,
+    created_at REAL,
+    completed_at REAL
+);
+CREATE INDEX IF NOT EXISTS results_session_status ON results (session_id, status);
+CREATE INDEX IF NOT EXISTS results_session_name ON results (session_id, name);
+CREATE INDEX IF NOT EXISTS results_owner ON results (owner_task_id);
+CREATE INDEX IF NOT EXISTS results_created_by ON results (created_by);
+
+CREATE TABLE IF NOT EXISTS partitions (
+    partition_id TEXT PRIMARY KEY,
+    parent_partition_ids TEXT NOT NULL,
+    pod_reserved INTEGER NOT NULL,
+    pod_max INTEGER NOT NULL,
+    preemption_percentage INTEGER NOT NULL,
+    priority INTEGER NOT NULL,
+    pod_configuration TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS task_dependencies (
+    task_id TEXT NOT NULL,
+    result_id TEXT NOT NULL,
+    PRIMARY KEY (task_id, result_id)
+);
+CREATE INDEX IF NOT EXISTS task_dependencies_result ON task_dependencies (result_id);
+
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    session_id TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    entity_id TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    previous_owner TEXT NOT NULL DEFAULT '',
+    current_owner TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS changes_at ON changes (at);
+
+-- The change log is written by triggers so that no code path can forget it.
+-- kind = the Events API's EventsEnum: 1 new task, 2 task status, 3 new result,
+-- 4 result status, 5 result owner.
+CREATE TRIGGER IF NOT EXISTS tasks_log_insert AFTER INSERT ON tasks BEGIN
+    INSERT INTO changes (at, session_id, kind, entity_id, status)
+    VALUES ((julianday('now') - 2440587.5) * 86400.0, NEW.session_id, 1, NEW.task_id, NEW.status);
+END;
+CREATE TRIGGER IF NOT EXISTS tasks_log_status AFTER UPDATE OF status ON tasks
+WHEN OLD.status <> NEW.status BEGIN
+    INSERT INTO changes (at, session_id, kind, entity_id, status)
+    VALUES ((julianday('now') - 2440587.5) * 86400.0, NEW.session_id, 2, NEW.task_id, NEW.status);
+END;
+CREATE TRIGGER IF NOT EXISTS results_log_insert AFTER INSERT ON results BEGIN
+    INSERT INTO changes (at, session_id, kind, entity_id, status, current_owner)
+    VALUES ((julianday('now') - 2440587.5) * 86400.0, NEW.session_id, 3, NEW.result_id, NEW.status,
+            NEW.owner_task_id);
+END;
+CREATE TRIGGER IF NOT EXISTS results_log_status AFTER UPDATE OF status ON results
+WHEN OLD.status <> NEW.status BEGIN
+    INSERT INTO changes (at, session_id, kind, entity_id, status)
+    VALUES ((julianday('now') - 2440587.5) * 86400.0, NEW.session_id, 4, NEW.result_id, NEW.status);
+END;
+CREATE TRIGGER IF NOT EXISTS results_log_owner AFTER UPDATE OF owner_task_id ON results
+WHEN OLD.owner_task_id <> NEW.owner_task_id BEGIN
+    INSERT INTO changes (at, session_id, kind, entity_id, status, previous_owner, current_owner)
+    VALUES ((julianday('now') - 2440587.5) * 86400.0, NEW.session_id, 5, NEW.result_id, NEW.status,
+            OLD.owner_task_id, NEW.owner_task_id);
+END;
+"""
+
+# Another process may hold the write lock for a while (a big submission): wait, don't fail.
+BUSY_TIMEOUT_MS = 60_000
+
+
+async def _run(connection: aiosqlite.Connection, sql: str) -> None:
+    """Run a statement to completion (an unread cursor would keep it "in progress")."""
+    cursor = await connection.execute(sql)
+    await cursor.fetchall()
+    await cursor.close()
+
+
+class _Connection:
+    """aiosqlite behind the SqlConnection protocol."""
+
+    def __init__(self, connection: aiosqlite.Connection):
+        self._connection = connection
+
+    async def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> int:
+        cursor = await self._connection.execute(sql, params)
+        count = cursor.rowcount
+        await cursor.close()
+        return int(count)
+
+    async def executemany(self, sql: str, params: list[tuple[Any, ...]]) -> None:
+        cursor = await self._connection.executemany(sql, params)
+        await cursor.close()
+
+    async def fetch(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Row]:
+        cursor = await self._connection.execute(sql, params)
+        rows = await cursor.fetchall()
+        names = [d[0] for d in cursor.description or ()]
+        await cursor.close()
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+class SqliteDatabase:
+    """The embedded database: one file, WAL, one writer connection per process."""
+
+    dialect = SQLITE_DIALECT
+    name = "sqlite"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+
+    async def _open(self) -> aiosqlite.Connection:
+        connection = await aiosqlite.connect(self.path, isolation_level=None)
+        for pragma in (f"busy_timeout = {BUSY_TIMEOUT_MS}", "synchronous = NORMAL"):
+            await _run(connection, f"PRAGMA {pragma}")
+        return connection
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._open()
+        await _run(self._writer, "PRAGMA journal_mode = WAL")
+        await self._writer.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+        self._reader = await self._open()
+
+    async def close(self) -> None:
+        for connection in (self._writer, self._reader):
+            if connection is not None:
+                await connection.close()
+        self._writer = self._reader = None
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[Repository]:
+        if self._reader is None:
+            raise RuntimeError("database not started")
+        yield Repository(_Connection(self._reader), self.dialect)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[Repository]:
+        if self._writer is None:
+            raise RuntimeError("database not started")
+        async with self._write_lock:
+            await _run(self._writer, "BEGIN IMMEDIATE")
+            try:
+                yield Repository(_Connection(self._writer), self.dialect)
+            except BaseException:
+                await _run(self._writer, "ROLLBACK")
+                raise
+            await _run(self._writer, "COMMIT")
+        self._changed.set()
+
+    async def wait_for_changes(self, timeout: float) -> None:
+        # Writes of this process wake us at once; those of other processes within `timeout`.
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        self._changed.clear()
+
+    async def check_health(self) -> None:
+        async with self.read() as repository:
+            await repository.connection.fetch("SELECT 1 AS ok")

@@ -1,0 +1,51 @@
+"""The object-storage port: blobs under opaque ids chosen by the adapter."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Protocol
+
+from pyarmonik.domain.errors import NotFound
+
+# Size of the pieces in which data is streamed between the ports and gRPC.
+CHUNK_SIZE = 1024 * 1024
+
+
+class ObjectStorage(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def check_health(self) -> None:
+        """Raise if the storage cannot be used now."""
+        ...
+
+    async def put(self, chunks: AsyncIterable[bytes]) -> tuple[bytes, int]:
+        """Store a blob; return its opaque id and size. Atomic: a blob is whole or absent."""
+        ...
+
+    def get(self, opaque_id: bytes) -> AsyncIterator[bytes]:
+        """Stream a blob in chunks; raises ObjectNotFound if absent."""
+        ...
+
+    async def delete(self, opaque_ids: list[bytes]) -> None:
+        """Delete blobs; absent ones are ignored."""
+        ...
+
+    async def sizes(self, opaque_ids: list[bytes]) -> list[int | None]:
+        """Size of each blob, None where absent."""
+        ...
+
+
+class ObjectNotFound(NotFound):
+    """No blob under this opaque id."""
+
+
+async def read_all(storage: ObjectStorage, opaque_id: bytes) -> bytes:
+    return b"".join([chunk async for chunk in storage.get(opaque_id)])
+
+
+async def single_chunk(data: bytes) -> AsyncIterator[bytes]:
+    """An async stream over in-memory data, in CHUNK_SIZE pieces."""
+    for start in range(0, len(data), CHUNK_SIZE):
+        yield data[start : start + CHUNK_SIZE]

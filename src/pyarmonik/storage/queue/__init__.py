@@ -1,0 +1,53 @@
+"""The queue port: ready task ids, one queue per partition, higher priority first.
+
+Delivery is at least once: a pulled message is invisible until acked, released, or its
+lease expires (its consumer died); the scheduler makes every handler idempotent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class QueueMessage:
+    """A pulled message; `receipt` identifies this delivery for ack/release/extend."""
+
+    task_id: str
+    partition_id: str
+    receipt: str
+
+
+class Queue(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def check_health(self) -> None:
+        """Raise if the queue cannot be used now."""
+        ...
+
+    async def push(self, partition_id: str, messages: list[tuple[str, int]]) -> None:
+        """Enqueue (task_id, priority) pairs on a partition."""
+        ...
+
+    async def pull(self, partition_id: str, count: int, lease: float) -> list[QueueMessage]:
+        """Take up to `count` visible messages, invisible to others for `lease` seconds."""
+        ...
+
+    async def ack(self, messages: list[QueueMessage]) -> None:
+        """Remove delivered messages for good."""
+        ...
+
+    async def release(self, messages: list[QueueMessage], delay: float = 0.0) -> None:
+        """Give messages back, visible again after `delay` seconds."""
+        ...
+
+    async def extend(self, messages: list[QueueMessage], lease: float) -> None:
+        """Keep messages invisible for `lease` more seconds (a long task is still running)."""
+        ...
+
+    async def depth(self, partition_id: str) -> int:
+        """Messages waiting on a partition (visible or not yet acked)."""
+        ...

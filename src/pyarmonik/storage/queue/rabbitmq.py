@@ -1,0 +1,331 @@
+"""RabbitMQ queue (AMQP 0-9-1, aio-pika): one durable priority queue per partition.
+
+- `{prefix}.{partition}` is declared durable with `x-max-priority`; messages are persistent,
+  their body is the task id and their AMQP priority the ArmoniK priority (1..99) scaled onto
+  0..max_priority-1, so ordering is as fine as `max_priority` levels (FIFO within a level).
+- Pulling uses one long-lived consumer per partition (on its own channel) whose deliveries
+  land in a local buffer sorted by priority; `pull` takes from it, waiting at most
+  `pull_wait`. The consumer's prefetch window is `prefetch` (default 1): at most that many
+  messages wait unseen in our buffer, invisible to the other agents. Handed-out deliveries
+  keep counting against the window until acked, so when the tasks we hold fill it, `pull`
+  starts a fresh consumer (prefetch applies per consumer) and cancels the old one, whose
+  held deliveries remain ours and ackable.
+- There are no leases: a delivery stays ours until ack/nack, and RabbitMQ redelivers it when
+  our connection dies. `extend` is therefore a no-op. RabbitMQ's `consumer_timeout` (30 min
+  by default) would close the channel under a long task: the queues are declared with
+  `x-consumer-timeout` (honoured by RabbitMQ >= 3.12; older brokers need
+  `consumer_timeout` raised in rabbitmq.conf).
+- `release(delay > 0)` publishes a copy to `{prefix}.{partition}.delay.{ms}`, a queue without
+  consumers whose queue-wide TTL is the delay and whose dead-letter target is the main queue,
+  then acks the original (after the publisher confirm: at least once). One queue per delay
+  value, because per-message TTLs only expire at the head of a queue (a long delay would
+  hold back a short one behind it); delays are rounded up to 100 ms to bound their number,
+  and each such queue expires (`x-expires`) a minute after its last use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from pyarmonik.domain.errors import Unavailable
+from pyarmonik.storage.queue import QueueMessage
+
+log = logging.getLogger(__name__)
+
+DELAY_STEP_MS = 100
+DELAY_QUEUE_IDLE_MS = 60_000
+WEEK_MS = 7 * 24 * 3600 * 1000
+
+
+@dataclass
+class _Consumer:
+    """The consuming side of one partition: its channel, current consumer, and the deliveries
+    not handed out yet (a heap on AMQP priority, then arrival order)."""
+
+    channel: AbstractChannel
+    queue: AbstractQueue
+    tag: str = ""
+    window: int = 0
+    buffer: list[tuple[int, int, AbstractIncomingMessage]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class RabbitQueue:
+    """The Queue port on RabbitMQ (see the module docstring for the scheme)."""
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "pyarmonik",
+        max_priority: int = 10,
+        *,
+        prefetch: int = 1,
+        pull_wait: float = 0.2,
+        consumer_timeout_ms: int | None = WEEK_MS,
+    ):
+        if not 2 <= max_priority <= 256:
+            raise ValueError("max_priority must be between 2 and 256")
+        self.url = url
+        self.prefix = prefix
+        self.max_priority = max_priority
+        self.prefetch = max(1, prefetch)
+        self.pull_wait = pull_wait
+        self.consumer_timeout_ms = consumer_timeout_ms
+        # Names of every queue this instance declared (tests and admin tools delete them).
+        self.declared: set[str] = set()
+        self._connection: AbstractRobustConnection | None = None
+        self._publisher: AbstractChannel | None = None
+        self._queues: dict[str, AbstractQueue] = {}
+        self._consumers: dict[str, _Consumer] = {}
+        self._consumer_lock = asyncio.Lock()
+        # Deliveries handed out by `pull`, by receipt, until acked or released.
+        self._held: dict[str, tuple[str, AbstractIncomingMessage]] = {}
+        self._serial = itertools.count()
+        self._closing = False
+
+    @property
+    def _where(self) -> str:
+        parts = urlsplit(self.url)
+        return f"RabbitMQ at {parts.hostname or 'localhost'}:{parts.port or 5672}"
+
+    async def start(self) -> None:
+        try:
+            connection = await aio_pika.connect_robust(self.url, timeout=10)
+        except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
+            # The exception text may quote the URL: name the host only, never the password.
+            raise Unavailable(f"{self._where} is unreachable ({type(exc).__name__})") from None
+        connection.close_callbacks.add(self._on_close)
+        connection.reconnect_callbacks.add(self._on_reconnect)
+        self._connection = connection
+        self._publisher = await connection.channel(publisher_confirms=True)
+
+    async def check_health(self) -> None:
+        connection = self._connection
+        if connection is None or connection.is_closed or not connection.connected.is_set():
+            raise Unavailable(f"{self._where} is not connected")
+
+    def _on_close(self, _connection: Any, exc: BaseException | None = None) -> None:
+        if not self._closing:
+            log.warning("lost the connection to %s (%r); reconnecting", self._where, exc)
+
+    def _on_reconnect(self, _connection: Any) -> None:
+        # The broker requeued whatever the dead channels held; drop our stale copies.
+        log.info("reconnected to %s", self._where)
+        for consumer in self._consumers.values():
+            consumer.buffer = [entry for entry in consumer.buffer if _alive(entry[2])]
+        self._held = {key: held for key, held in self._held.items() if _alive(held[1])}
+
+    async def close(self) -> None:
+        # Closing the connection hands every unacked delivery back to the broker.
+        self._closing = True
+        if self._connection is not None:
+            await self._connection.close()
+        self._connection = self._publisher = None
+        self._queues.clear()
+        self._consumers.clear()
+        self._held.clear()
+
+    def queue_name(self, partition_id: str) -> str:
+        return f"{self.prefix}.{partition_id}"
+
+    def amqp_priority(self, priority: int) -> int:
+        """Scale an ArmoniK priority (1..99, higher first) onto 0..max_priority-1."""
+        return (min(max(priority, 1), 99) - 1) * self.max_priority // 99
+
+    async def _queue(self, partition_id: str) -> AbstractQueue:
+        """The partition's main queue, declared once per instance."""
+        queue = self._queues.get(partition_id)
+        if queue is None:
+            name = self.queue_name(partition_id)
+            arguments: dict[str, Any] = {"x-max-priority": self.max_priority - 1}
+            if self.consumer_timeout_ms is not None:
+                arguments["x-consumer-timeout"] = self.consumer_timeout_ms
+            queue = await self._channel().declare_queue(name, durable=True, arguments=arguments)
+            self.declared.add(name)
+            self._queues[partition_id] = queue
+        return queue
+
+    def _channel(self) -> AbstractChannel:
+        if self._publisher is None:
+            raise Unavailable(f"{self._where}: queue not started")
+        return self._publisher
+
+    async def push(self, partition_id: str, messages: list[tuple[str, int]]) -> None:
+        if not messages:
+            return
+        await self._queue(partition_id)
+        await self._publish(
+            self.queue_name(partition_id),
+            [(task_id.encode(), self.amqp_priority(priority)) for task_id, priority in messages],
+        )
+
+    async def _publish(self, queue_name: str, messages: list[tuple[bytes, int | None]]) -> None:
+        """Publish persistent messages in order; return once the broker confirmed them all."""
+        exchange = self._channel().default_exchange
+        try:
+            # Pipelined: the channel writes them in call order, confirms are awaited together.
+            await asyncio.gather(
+                *(
+                    exchange.publish(
+                        aio_pika.Message(
+                            body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, priority=priority
+                        ),
+                        routing_key=queue_name,
+                    )
+                    for body, priority in messages
+                )
+            )
+        except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            raise Unavailable(f"publishing to {self._where} failed: {exc}") from exc
+
+    async def _consumer(self, partition_id: str) -> _Consumer:
+        consumer = self._consumers.get(partition_id)
+        if consumer is not None:
+            return consumer
+        async with self._consumer_lock:
+            if partition_id in self._consumers:
+                return self._consumers[partition_id]
+            await self._queue(partition_id)
+            if self._connection is None:
+                raise Unavailable(f"{self._where}: queue not started")
+            channel = await self._connection.channel()
+            queue = await channel.declare_queue(self.queue_name(partition_id), passive=True)
+            consumer = _Consumer(channel, queue)
+            await self._subscribe(consumer, self.prefetch)
+            self._consumers[partition_id] = consumer
+            return consumer
+
+    async def _subscribe(self, consumer: _Consumer, window: int) -> None:
+        """Start a consumer with `window` unacked deliveries at most, and cancel the previous one.
+
+        Its deliveries still held (handed out, not yet acked) stay ours and ackable: they
+        belong to the channel. RabbitMQ applies a (per-consumer) prefetch to consumers created
+        after `basic.qos` only, so a wider or fresh window needs a new consumer."""
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            entry = (-(message.priority or 0), next(self._serial), message)
+            heapq.heappush(consumer.buffer, entry)
+            consumer.arrived.set()
+
+        await consumer.channel.set_qos(prefetch_count=window)
+        previous, consumer.window = consumer.tag, window
+        consumer.tag = await consumer.queue.consume(on_message, no_ack=False)
+        if previous:
+            # Deliveries sent before CancelOk still reach on_message (frames are ordered).
+            await consumer.queue.cancel(previous)
+
+    async def pull(self, partition_id: str, count: int, lease: float) -> list[QueueMessage]:
+        """Up to `count` buffered deliveries, waiting at most `pull_wait` for the first one.
+
+        `lease` is not needed: a delivery stays ours until acked, released, or our
+        connection is lost."""
+        if count <= 0:
+            return []
+        consumer = await self._consumer(partition_id)
+        if not consumer.buffer:
+            consumer.arrived.clear()
+            occupied = sum(1 for _, m in self._held.values() if m.consumer_tag == consumer.tag)
+            if occupied >= consumer.window or count > consumer.window:
+                # The tasks we run fill this consumer's window (or the batch exceeds it).
+                await self._subscribe(consumer, max(count, self.prefetch))
+            if not consumer.buffer:
+                try:
+                    await asyncio.wait_for(consumer.arrived.wait(), self.pull_wait)
+                except TimeoutError:
+                    return []
+        pulled: list[QueueMessage] = []
+        while consumer.buffer and len(pulled) < count:
+            message = heapq.heappop(consumer.buffer)[2]
+            if not _alive(message):
+                continue  # its channel died: the broker has requeued it already
+            receipt = f"{partition_id}:{next(self._serial)}:{message.delivery_tag}"
+            self._held[receipt] = (partition_id, message)
+            pulled.append(QueueMessage(message.body.decode(), partition_id, receipt))
+        return pulled
+
+    def _held_on(self, partition_id: str) -> int:
+        return sum(1 for partition, _ in self._held.values() if partition == partition_id)
+
+    def _take(self, messages: list[QueueMessage]) -> list[tuple[str, AbstractIncomingMessage]]:
+        """The deliveries behind these receipts that are still ours (unknown ones are ignored)."""
+        taken = [self._held.pop(message.receipt, None) for message in messages]
+        return [held for held in taken if held is not None and _alive(held[1])]
+
+    async def ack(self, messages: list[QueueMessage]) -> None:
+        for _, message in self._take(messages):
+            await _settle(message.ack())
+
+    async def release(self, messages: list[QueueMessage], delay: float = 0.0) -> None:
+        deliveries = self._take(messages)
+        if delay <= 0:
+            for _, message in deliveries:
+                await _settle(message.nack(requeue=True))
+            return
+        ttl = max(1, math.ceil(delay * 1000 / DELAY_STEP_MS)) * DELAY_STEP_MS
+        by_partition: dict[str, list[AbstractIncomingMessage]] = {}
+        for partition_id, message in deliveries:
+            by_partition.setdefault(partition_id, []).append(message)
+        for partition_id, group in by_partition.items():
+            name = f"{self.queue_name(partition_id)}.delay.{ttl}"
+            # Redeclared on every use: `x-expires` counts from the last declaration, and
+            # publishing alone would not keep the queue (and its messages) alive.
+            await self._channel().declare_queue(
+                name,
+                durable=True,
+                robust=False,
+                arguments={
+                    "x-message-ttl": ttl,
+                    "x-expires": ttl + DELAY_QUEUE_IDLE_MS,
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": self.queue_name(partition_id),
+                },
+            )
+            self.declared.add(name)
+            await self._publish(name, [(message.body, message.priority) for message in group])
+            for message in group:
+                await _settle(message.ack())
+
+    async def extend(self, messages: list[QueueMessage], lease: float) -> None:
+        """Nothing to do: RabbitMQ keeps a delivery with its consumer until it is settled."""
+
+    async def depth(self, partition_id: str) -> int:
+        """Ready messages in the broker plus the deliveries this instance holds.
+
+        AMQP reports only ready messages; other consumers' unacked deliveries and delayed
+        releases are not visible without the management API, so they are not counted."""
+        result = await (await self._queue(partition_id)).declare()
+        consumer = self._consumers.get(partition_id)
+        buffered = sum(1 for entry in consumer.buffer if _alive(entry[2])) if consumer else 0
+        return int(result.message_count or 0) + buffered + self._held_on(partition_id)
+
+
+def _alive(message: AbstractIncomingMessage) -> bool:
+    """Whether the delivery's channel is still open (otherwise it was requeued by the broker)."""
+    try:
+        message.channel  # noqa: B018 - raises once the channel is closed
+    except aio_pika.exceptions.ChannelInvalidStateError:
+        return False
+    return True
+
+
+async def _settle(operation: Any) -> None:
+    """Ack/nack, tolerating a channel lost meanwhile (the broker then redelivers: at least once)."""
+    try:
+        await operation
+    except (aio_pika.exceptions.AMQPError, RuntimeError) as exc:
+        log.warning("could not settle a RabbitMQ delivery (%s); it will be redelivered", exc)

@@ -1,0 +1,180 @@
+"""Fixtures of the queue and object-storage contract suites (imported by those test modules).
+
+Real servers: RabbitMQ and Redis on 127.0.0.1 (skipped when absent, failed when CI=true),
+and an in-process moto S3 server.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyarmonik.storage.objects import ObjectStorage
+from pyarmonik.storage.queue import Queue
+
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Skip when a server is not listening, except in CI where its absence is a failure."""
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as exc:
+        reason = f"{name} is not reachable at {host}:{port} ({exc})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI=true requires it")
+        pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ----------------------------------------------------------------------------------- queues
+
+
+@dataclass
+class QueueBackend:
+    """One queue backend: `make()` returns another started consumer/producer on it."""
+
+    name: str
+    make: Callable[[], Awaitable[Queue]]
+    opened: list[Any] = field(default_factory=list)
+
+
+@pytest.fixture(params=["table-sqlite", "rabbitmq"])
+async def queue_backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[QueueBackend]:
+    if request.param == "table-sqlite":
+        from pyarmonik.storage.database.sqlite import SqliteDatabase
+        from pyarmonik.storage.queue.table import TableQueue
+
+        async def make() -> Queue:
+            # One database object per consumer, as if each were its own process.
+            database = SqliteDatabase(tmp_path / "db.sqlite")
+            await database.start()
+            queue = TableQueue(database)
+            await queue.start()
+            backend.opened += [queue, database]
+            return queue
+
+    else:
+        require_service("RabbitMQ", "127.0.0.1", 5672)
+        from pyarmonik.storage.queue.rabbitmq import RabbitQueue
+
+        prefix = f"pyarmonik-test-{uuid.uuid4().hex[:12]}"
+
+        async def make() -> Queue:
+            queue = RabbitQueue(RABBITMQ_URL, prefix=prefix)
+            await queue.start()
+            backend.opened.append(queue)
+            return queue
+
+    backend = QueueBackend(request.param, make)
+    yield backend
+    declared: set[str] = set()
+    for opened in backend.opened:
+        declared |= getattr(opened, "declared", set())
+        await opened.close()
+    if declared:
+        import aio_pika
+
+        connection = await aio_pika.connect(RABBITMQ_URL)
+        async with connection:
+            channel = await connection.channel()
+            for name in declared:
+                await channel.queue_delete(name)
+
+
+# ---------------------------------------------------------------------------- object storage
+
+
+@dataclass
+class ObjectBackend:
+    """A started storage, and what it holds in its backing store (to check nothing leaked)."""
+
+    name: str
+    storage: ObjectStorage
+    leftovers: Callable[[], Awaitable[list[str]]]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An in-process S3-compatible server (moto) for the whole session."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture(params=["files", "redis", "s3"])
+async def object_backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[ObjectBackend]:
+    if request.param == "files":
+        from pyarmonik.storage.objects.files import FileStorage
+
+        root = tmp_path / "objects"
+        files = FileStorage(root)
+        await files.start()
+
+        async def files_left() -> list[str]:
+            return sorted(path.name for path in root.iterdir())
+
+        yield ObjectBackend("files", files, files_left)
+        await files.close()
+
+    elif request.param == "redis":
+        require_service("Redis", "127.0.0.1", 6379)
+        from pyarmonik.storage.objects.redis import RedisStorage
+
+        prefix = f"pyarmonik-test-{uuid.uuid4().hex[:12]}:"
+        redis = RedisStorage(REDIS_URL, prefix=prefix)
+        await redis.start()
+
+        async def redis_left() -> list[str]:
+            keys = [key async for key in redis.client.scan_iter(match=f"{prefix}*")]
+            return sorted(key.decode() for key in keys)
+
+        yield ObjectBackend("redis", redis, redis_left)
+        leftover = [key async for key in redis.client.scan_iter(match=f"{prefix}*")]
+        if leftover:
+            await redis.client.delete(*leftover)
+        await redis.close()
+
+    else:
+        from pyarmonik.storage.objects.s3 import MIN_PART_SIZE, S3Storage
+
+        endpoint = request.getfixturevalue("s3_endpoint")
+        bucket = f"pyarmonik-test-{uuid.uuid4().hex[:12]}"
+        # Smallest legal parts, so that the multi-chunk blobs exercise multipart uploads.
+        s3 = S3Storage(
+            f"s3://testing:testing@{bucket}?endpoint={endpoint}&region=us-east-1",
+            part_size=MIN_PART_SIZE,
+        )
+        await s3.start()
+
+        async def s3_left() -> list[str]:
+            listed = await s3.client.list_objects_v2(Bucket=bucket)
+            uploads = await s3.client.list_multipart_uploads(Bucket=bucket)
+            return sorted(
+                [str(item.get("Key")) for item in listed.get("Contents", [])]
+                + [f"upload:{item.get('Key')}" for item in uploads.get("Uploads", [])]
+            )
+
+        yield ObjectBackend("s3", s3, s3_left)
+        await s3.close()

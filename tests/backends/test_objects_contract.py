@@ -1,0 +1,103 @@
+"""The ObjectStorage port's contract, run against every adapter."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+
+from pyarmonik.domain.errors import Unavailable
+from pyarmonik.storage.objects import CHUNK_SIZE, ObjectNotFound, read_all, single_chunk
+from tests.backends import conftest_queue_objects as fixtures
+from tests.backends.conftest_queue_objects import ObjectBackend
+
+pytestmark = pytest.mark.timeout(120)
+# The fixtures, used by name.
+object_backend = fixtures.object_backend
+s3_endpoint = fixtures.s3_endpoint
+
+ABSENT = b"0123456789abcdef0123456789abcdef"
+
+
+async def odd_chunks(data: bytes, size: int = 300_001) -> AsyncIterator[bytes]:
+    """A stream whose pieces do not line up with CHUNK_SIZE."""
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+async def test_healthy_once_started(object_backend: ObjectBackend) -> None:
+    await object_backend.storage.check_health()
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1024, int(3.5 * CHUNK_SIZE), int(12.5 * CHUNK_SIZE)],
+    ids=["0B", "1KiB", "3.5MiB", "12.5MiB"],
+)
+async def test_round_trip(object_backend: ObjectBackend, size: int) -> None:
+    storage = object_backend.storage
+    data = os.urandom(size)
+    opaque_id, stored = await storage.put(odd_chunks(data))
+    assert stored == size
+    chunks = [chunk async for chunk in storage.get(opaque_id)]
+    assert b"".join(chunks) == data
+    assert all(0 < len(chunk) <= CHUNK_SIZE for chunk in chunks)
+    if size > CHUNK_SIZE:
+        assert len(chunks) >= size // CHUNK_SIZE  # streamed, not read in one piece
+    assert await storage.sizes([opaque_id]) == [size]
+
+
+async def test_sizes_and_delete(object_backend: ObjectBackend) -> None:
+    storage = object_backend.storage
+    first, _ = await storage.put(single_chunk(b"x" * 10))
+    second, _ = await storage.put(single_chunk(b"y" * 20))
+    assert await storage.sizes([first, second, ABSENT]) == [10, 20, None]
+    assert await storage.sizes([]) == []
+    await storage.delete([first, ABSENT])
+    await storage.delete([])
+    assert await storage.sizes([first, second]) == [None, 20]
+    with pytest.raises(ObjectNotFound):
+        await read_all(storage, first)
+    assert await read_all(storage, second) == b"y" * 20
+    await storage.delete([second])
+    assert await object_backend.leftovers() == []
+
+
+async def test_get_absent_raises(object_backend: ObjectBackend) -> None:
+    with pytest.raises(ObjectNotFound):
+        await read_all(object_backend.storage, ABSENT)
+
+
+async def test_equal_data_gets_distinct_ids(object_backend: ObjectBackend) -> None:
+    storage = object_backend.storage
+    first, _ = await storage.put(single_chunk(b"same"))
+    second, _ = await storage.put(single_chunk(b"same"))
+    assert first != second
+    assert isinstance(first, bytes)
+    await storage.delete([first])
+    assert await read_all(storage, second) == b"same"
+
+
+async def test_failed_put_leaves_nothing(object_backend: ObjectBackend) -> None:
+    async def failing() -> AsyncIterator[bytes]:
+        # Past one S3 part and several Redis chunks before the failure.
+        for _ in range(6):
+            yield os.urandom(CHUNK_SIZE)
+        raise RuntimeError("client went away")
+
+    with pytest.raises(RuntimeError, match="client went away"):
+        await object_backend.storage.put(failing())
+    assert await object_backend.leftovers() == []
+
+
+# ------------------------------------------------------------------------------- Redis only
+
+
+async def test_redis_unreachable_names_host_not_password() -> None:
+    from pyarmonik.storage.objects.redis import RedisStorage
+
+    with pytest.raises(Unavailable) as caught:
+        await RedisStorage("redis://:s3cret@127.0.0.1:1/0").start()
+    assert "127.0.0.1:1" in str(caught.value)
+    assert "s3cret" not in str(caught.value)

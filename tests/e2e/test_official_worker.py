@@ -1,0 +1,230 @@
+"""The official `armonik.worker` SDK run by `pyarmonik local`, driven by the official client."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from armonik.client import ArmoniKEvents, ArmoniKResults, ArmoniKSessions, ArmoniKTasks
+from armonik.common import ResultStatus, Task, TaskDefinition, TaskOptions, TaskStatus
+
+from tests.helpers import LocalProcess, local_cluster
+
+OPTIONS = TaskOptions(max_duration=timedelta(seconds=30), priority=1, max_retries=2)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProcess]:
+    with local_cluster(Path(tmp_path_factory.mktemp("local"))) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def channel(cluster: LocalProcess) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(cluster.endpoint) as ch:
+        yield ch
+
+
+def submit(channel: grpc.Channel, session_id: str, orders: list[dict[str, object]]) -> list[str]:
+    """One task per order; returns the output ids."""
+    results = ArmoniKResults(channel)
+    outputs = results.create_results_metadata([f"out-{i}" for i in range(len(orders))], session_id)
+    payloads = results.create_results(
+        {f"in-{i}": json.dumps(o).encode() for i, o in enumerate(orders)},
+        session_id,
+        batch_size=100,
+    )
+    ArmoniKTasks(channel).submit_tasks(
+        session_id,
+        [
+            TaskDefinition(
+                payload_id=payloads[f"in-{i}"].result_id,
+                expected_output_ids=[outputs[f"out-{i}"].result_id],
+            )
+            for i in range(len(orders))
+        ],
+    )
+    return [outputs[f"out-{i}"].result_id for i in range(len(orders))]
+
+
+def test_payload_to_output(channel: grpc.Channel) -> None:
+    session_id = ArmoniKSessions(channel).create_session(OPTIONS)
+    (out,) = submit(channel, session_id, [{"kind": "upper", "text": "hello"}])
+    ArmoniKEvents(channel).wait_for_result_availability([out], session_id)
+    assert ArmoniKResults(channel).download_result_data(out, session_id) == b"HELLO"
+
+
+def wait(channel: grpc.Channel, session_id: str, ids: list[str]) -> None:
+    ArmoniKEvents(channel).wait_for_result_availability(ids, session_id)
+
+
+def download(channel: grpc.Channel, session_id: str, result_id: str) -> bytes:
+    return ArmoniKResults(channel).download_result_data(result_id, session_id)
+
+
+def test_many_data_dependencies(channel: grpc.Channel) -> None:
+    session_id = ArmoniKSessions(channel).create_session(OPTIONS)
+    results = ArmoniKResults(channel)
+    inputs = results.create_results(
+        {f"v{i}": str(i).encode() for i in range(60)}, session_id, batch_size=60
+    )
+    payload = results.create_results(
+        {"p": json.dumps({"kind": "sum_deps", "add": 1000}).encode()}, session_id
+    )
+    out = results.create_results_metadata(["out"], session_id)["out"].result_id
+    ArmoniKTasks(channel).submit_tasks(
+        session_id,
+        [
+            TaskDefinition(
+                payload_id=payload["p"].result_id,
+                expected_output_ids=[out],
+                data_dependencies=[r.result_id for r in inputs.values()],
+            )
+        ],
+    )
+    wait(channel, session_id, [out])
+    assert download(channel, session_id, out) == str(1000 + sum(range(60))).encode()
+
+
+def test_fan_out_through_the_agent_api(channel: grpc.Channel) -> None:
+    session_id = ArmoniKSessions(channel).create_session(OPTIONS)
+    (out,) = submit(channel, session_id, [{"kind": "fanout", "n": 8}])
+    wait(channel, session_id, [out])
+    assert download(channel, session_id, out) == str(sum(range(1, 9))).encode()
+    tasks = ArmoniKTasks(channel)
+    total, listed = tasks.list_tasks(Task.session_id == session_id, page_size=100)
+    assert total == 1 + 8 + 1
+    assert all(t.status == TaskStatus.COMPLETED for t in listed)
+    children = [t for t in listed if t.created_by]
+    assert len(children) == 9 and all(len(t.parent_task_ids) == 2 for t in children)
+
+
+def test_aggregation_tree_by_delegation(channel: grpc.Channel) -> None:
+    depth = 6
+    session_id = ArmoniKSessions(channel).create_session(OPTIONS)
+    (out,) = submit(channel, session_id, [{"kind": "tree", "depth": depth}])
+    wait(channel, session_id, [out])
+    assert download(channel, session_id, out) == str(2**depth).encode()
+    owner = ArmoniKResults(channel).get_owner_task_id([out], session_id)[out]
+    root_task = ArmoniKTasks(channel).get_task(owner)
+    assert root_task.created_by, "the root output was delegated to a subtask"
+
+
+def test_thousand_tasks_every_output_verified(channel: grpc.Channel) -> None:
+    session_id = ArmoniKSessions(channel).create_session(OPTIONS)
+    orders = [{"kind": "value", "value": i * 7} for i in range(1000)]
+    outputs = submit(channel, session_id, orders)
+    wait(channel, session_id, outputs)
+    for i, out in enumerate(outputs):
+        assert download(channel, session_id, out) == str(i * 7).encode()
+    counts = ArmoniKTasks(channel).count_tasks_by_status(Task.session_id == session_id)
+    assert counts == {TaskStatus.COMPLETED: 1000}
+
+
+def test_output_error_ends_in_error_and_aborts(channel: grpc.Channel) -> None:
+    session_id = ArmoniKSessions(channel).create_session(OPTIONS)
+    (out,) = submit(channel, session_id, [{"kind": "error", "message": "bad input"}])
+    results = ArmoniKResults(channel)
+    dependent_out = results.create_results_metadata(["d"], session_id)["d"].result_id
+    payload = results.create_results({"p": json.dumps({"kind": "sum_deps"}).encode()}, session_id)
+    (dependent,) = ArmoniKTasks(channel).submit_tasks(
+        session_id,
+        [
+            TaskDefinition(
+                payload_id=payload["p"].result_id,
+                expected_output_ids=[dependent_out],
+                data_dependencies=[out],
+            )
+        ],
+    )
+    with pytest.raises(RuntimeError):
+        wait(channel, session_id, [out])
+    assert results.get_result(out).status == ResultStatus.ABORTED
+    failed = ArmoniKTasks(channel).list_tasks(Task.session_id == session_id)[1]
+    by_output = {t.expected_output_ids[0]: t for t in failed}
+    assert by_output[out].status == TaskStatus.ERROR
+    assert "bad input" in by_output[out].output.error
+    deadline = time.monotonic() + 10
+    while ArmoniKTasks(channel).get_task(dependent.id).status != TaskStatus.ERROR:
+        assert time.monotonic() < deadline, "the dependent task did not end in ERROR"
+        time.sleep(0.1)
+    assert results.get_result(dependent_out).status == ResultStatus.ABORTED
+
+
+def test_worker_crash_is_retried(channel: grpc.Channel, tmp_path: Path) -> None:
+    session_id = ArmoniKSessions(channel).create_session(OPTIONS)
+    (out,) = submit(
+        channel, session_id, [{"kind": "crash_once", "marker": str(tmp_path / "crashed")}]
+    )
+    wait(channel, session_id, [out])
+    assert download(channel, session_id, out) == b"survived"
+    attempts = sorted(
+        ArmoniKTasks(channel).list_tasks(Task.session_id == session_id)[1], key=lambda t: t.id
+    )
+    assert [t.status for t in attempts] == [TaskStatus.RETRIED, TaskStatus.COMPLETED]
+    assert attempts[1].id == f"{attempts[0].id}###1"
+    assert attempts[1].retry_of_ids == [attempts[0].id]
+
+
+def test_always_crashing_worker_ends_in_error(channel: grpc.Channel) -> None:
+    session_id = ArmoniKSessions(channel).create_session(OPTIONS)  # max_retries=2
+    (out,) = submit(channel, session_id, [{"kind": "crash"}])
+    with pytest.raises(RuntimeError):
+        wait(channel, session_id, [out])
+    attempts = sorted(
+        ArmoniKTasks(channel).list_tasks(Task.session_id == session_id)[1], key=lambda t: t.id
+    )
+    assert [t.status for t in attempts] == [
+        TaskStatus.RETRIED,
+        TaskStatus.RETRIED,
+        TaskStatus.ERROR,
+    ]
+    assert attempts[2].id.endswith("###2")
+
+
+def test_task_over_max_duration_times_out(channel: grpc.Channel) -> None:
+    short = TaskOptions(max_duration=timedelta(seconds=1), priority=1, max_retries=2)
+    session_id = ArmoniKSessions(channel).create_session(short)
+    (out,) = submit(channel, session_id, [{"kind": "sleep", "seconds": 30}])
+    with pytest.raises(RuntimeError):
+        wait(channel, session_id, [out])
+    (task,) = ArmoniKTasks(channel).list_tasks(Task.session_id == session_id)[1]
+    assert task.status == TaskStatus.TIMEOUT
+
+
+def _wait_status(channel: grpc.Channel, task_id: str, status: TaskStatus, within: float) -> float:
+    tasks, start = ArmoniKTasks(channel), time.monotonic()
+    while tasks.get_task(task_id).status != status:
+        assert time.monotonic() - start < within, f"task {task_id} did not reach {status.name}"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def test_cancelling_a_running_task_stops_it(channel: grpc.Channel) -> None:
+    session_id = ArmoniKSessions(channel).create_session(OPTIONS)
+    (out,) = submit(channel, session_id, [{"kind": "sleep", "seconds": 60}])
+    tasks = ArmoniKTasks(channel)
+    (task,) = tasks.list_tasks(Task.session_id == session_id)[1]
+    _wait_status(channel, task.id, TaskStatus.PROCESSING, 20)
+    tasks.cancel_tasks([task.id])
+    _wait_status(channel, task.id, TaskStatus.CANCELLED, 10)
+    assert ArmoniKResults(channel).get_result(out).status == ResultStatus.ABORTED
+    # the agent is free again: a new task runs at once
+    session2 = ArmoniKSessions(channel).create_session(OPTIONS)
+    (out2,) = submit(channel, session2, [{"kind": "value", "value": 5}])
+    wait(channel, session2, [out2])
+
+
+def test_cancelling_a_session_stops_its_running_task(channel: grpc.Channel) -> None:
+    sessions = ArmoniKSessions(channel)
+    session_id = sessions.create_session(OPTIONS)
+    submit(channel, session_id, [{"kind": "sleep", "seconds": 60}])
+    (task,) = ArmoniKTasks(channel).list_tasks(Task.session_id == session_id)[1]
+    _wait_status(channel, task.id, TaskStatus.PROCESSING, 20)
+    sessions.cancel_session(session_id)
+    _wait_status(channel, task.id, TaskStatus.CANCELLED, 10)
