@@ -192,6 +192,14 @@ async def test_find_with_conditions_and_lock(database: Database) -> None:
         assert await repository.find(Task, {"task_id": []}) == []
         assert await repository.find(Task, {"owner_pod_id": "agent", "task_id": "t2"}) == [tasks[1]]
         assert len(await repository.find(Task, {})) == 3
+    await insert(database, make_result("r1"), make_result("r2", manual_deletion=False))
+    async with database.read() as repository:
+        # Booleans bind as booleans, alone or in a list (PostgreSQL wants a bool for BOOLEAN).
+        found_results = await repository.find(Result, {"manual_deletion": [True, False]})
+        assert sorted(r.result_id for r in found_results) == ["r1", "r2"]
+        assert [r.result_id for r in await repository.find(Result, {"manual_deletion": False})] == [
+            "r2"
+        ]
 
 
 async def test_update_returns_changed_keys_and_records(database: Database) -> None:
@@ -742,6 +750,7 @@ def test_postgres_placeholders() -> None:
     )
     assert redact("postgresql://u:secret@db:5432/x?schema=s") == "postgresql://u@db:5432/x?schema=s"
     assert redact("postgresql://u@db/x") == "postgresql://u@db/x"
+    assert redact("postgresql://db/x?password=secret&schema=s") == "postgresql://db/x?schema=s"
 
 
 async def test_postgres_unreachable_is_unavailable() -> None:

@@ -91,7 +91,7 @@ async def test_failed_put_leaves_nothing(object_backend: ObjectBackend) -> None:
     assert await object_backend.leftovers() == []
 
 
-# ------------------------------------------------------------------------------- Redis only
+# ------------------------------------------------------------------- one adapter each
 
 
 async def test_redis_unreachable_names_host_not_password() -> None:
@@ -100,4 +100,13 @@ async def test_redis_unreachable_names_host_not_password() -> None:
     with pytest.raises(Unavailable) as caught:
         await RedisStorage("redis://:s3cret@127.0.0.1:1/0").start()
     assert "127.0.0.1:1" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+
+
+async def test_s3_unreachable_names_endpoint_not_secret() -> None:
+    from pyarmonik.storage.objects.s3 import S3Storage
+
+    with pytest.raises(Unavailable) as caught:
+        await S3Storage("s3://key:s3cret@bucket?endpoint=http://127.0.0.1:1").start()
+    assert "http://127.0.0.1:1" in str(caught.value)
     assert "s3cret" not in str(caught.value)

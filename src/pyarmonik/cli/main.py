@@ -225,6 +225,64 @@ def local(
     run_until_signal(main)
 
 
+bench_app = typer.Typer(
+    no_args_is_help=True, help="Measure the seed's workloads on a local cluster."
+)
+app.add_typer(bench_app, name="bench")
+AgentsOption = Annotated[int, typer.Option(help="Agent/worker pairs.")]
+
+
+def _backend_args(
+    database: str | None, queue: str | None, objects: str | None
+) -> tuple[list[str], str]:
+    extra: list[str] = []
+    for flag, value in (("--database", database), ("--queue", queue), ("--objects", objects)):
+        if value:
+            extra += [flag, value]
+    names = [
+        (database or "sqlite").split(":")[0],
+        (queue or "table").split(":")[0],
+        (objects or "file").split(":")[0],
+    ]
+    return extra, "+".join(names)
+
+
+@bench_app.command("indep")
+def bench_indep(
+    tasks: Annotated[
+        int, typer.Option(help="Independent no-op tasks, submitted in one batch.")
+    ] = 10_000,
+    agents: AgentsOption = 2,
+    database: DatabaseOption = None,
+    queue: QueueOption = None,
+    objects: ObjectsOption = None,
+) -> None:
+    """Indep: N independent no-op tasks with the official Python worker."""
+    from pyarmonik.bench.run import indep
+
+    extra, names = _backend_args(database, queue, objects)
+    for line in indep(tasks, agents, extra, names).lines():
+        typer.echo(line)
+
+
+@bench_app.command("graph")
+def bench_graph(
+    depth: Annotated[
+        int, typer.Option(help="Depth of the nested fork-join (3·2^D - 2 tasks).")
+    ] = 10,
+    agents: AgentsOption = 2,
+    database: DatabaseOption = None,
+    queue: QueueOption = None,
+    objects: ObjectsOption = None,
+) -> None:
+    """Graph: nested fork-join built by delegation, with the official Python worker."""
+    from pyarmonik.bench.run import graph
+
+    extra, names = _backend_args(database, queue, objects)
+    for line in graph(depth, agents, extra, names).lines():
+        typer.echo(line)
+
+
 def main() -> None:
     app()
 

@@ -20,7 +20,7 @@ import pyarmonik
 from pyarmonik.control import filters
 from pyarmonik.control.convert import partition_raw
 from pyarmonik.control.errors import rpc
-from pyarmonik.domain.errors import NotFound
+from pyarmonik.domain.errors import InvalidArgument, NotFound
 from pyarmonik.domain.filters import MATCH_ALL, ListQuery
 from pyarmonik.domain.records import Partition
 from pyarmonik.scheduling.backends import Backends
@@ -101,6 +101,8 @@ class Partitions(PartitionsServicer):  # type: ignore[misc]
     async def GetPartition(
         self, request: part_pb.GetPartitionRequest, context: grpc.aio.ServicerContext
     ) -> part_pb.GetPartitionResponse:
+        if not request.id:
+            raise InvalidArgument("partition id is required")
         async with self.backends.database.read() as repository:
             partition = await repository.get(Partition, request.id)
         if partition is None:

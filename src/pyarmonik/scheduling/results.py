@@ -173,6 +173,8 @@ class ResultService:
         )
 
     async def get(self, result_id: str) -> Result:
+        if not result_id:
+            raise InvalidArgument("result_id is required")
         async with self.backends.database.read() as repository:
             result = await repository.get(Result, result_id)
         if result is None:

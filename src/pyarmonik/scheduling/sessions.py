@@ -170,6 +170,8 @@ class SessionService:
         return session
 
     async def delete(self, session_id: str) -> Session:
+        if not session_id:
+            raise InvalidArgument("session_id is required")
         async with self.backends.database.write() as repository:
             session = await repository.get(Session, session_id)
             if session is None:

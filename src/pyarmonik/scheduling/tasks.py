@@ -89,6 +89,8 @@ class TaskService:
         return tasks
 
     async def get(self, task_id: str) -> Task:
+        if not task_id:
+            raise InvalidArgument("task_id is required")
         async with self.backends.database.read() as repository:
             task = await repository.get(Task, task_id)
         if task is None:

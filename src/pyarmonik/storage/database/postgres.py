@@ -244,13 +244,16 @@ def _lock_key(*parts: str) -> int:
 def redact(url: str) -> str:
     """The URL without its password (for messages and logs)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key == "password" for key, _ in query):
+        parts = parts._replace(query=urlencode([(k, v) for k, v in query if k != "password"]))
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port else ""
+        parts = parts._replace(netloc=f"{parts.username or ''}@{host}{port}")
+    return urlunsplit(parts)
 
 
 class _Connection:
@@ -303,7 +306,9 @@ class PostgresDatabase:
         self.min_size = min_size
         self.max_size = max_size
         self.connect_timeout = connect_timeout
-        self._server_settings = {"application_name": "pyarmonik"}
+        self._server_settings: dict[str, str] = {}
+        if not any(key == "application_name" for key, _ in query):
+            self._server_settings["application_name"] = "pyarmonik"
         if self.schema:
             self._server_settings["search_path"] = _identifier(self.schema)
         self._pool: asyncpg.Pool | None = None
@@ -411,7 +416,6 @@ class PostgresDatabase:
             connection.transaction(isolation="read_committed"),
         ):
             yield Repository(_Connection(connection), self.dialect, lock_suffix=" FOR SHARE")
-        self._changed.set()
 
     async def check_health(self) -> None:
         async with self._started().acquire() as connection:
@@ -420,7 +424,8 @@ class PostgresDatabase:
     # -- change notifications ----------------------------------------------------------------
 
     async def wait_for_changes(self, timeout: float) -> None:
-        # NOTIFY wakes us for every process's commits; our own writes set the event directly.
+        # NOTIFY wakes us after any process's commit that grew the log (ours included), and
+        # only then: queue operations and other writes leave the tailers asleep.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
         self._changed.clear()

@@ -82,7 +82,7 @@ def where_sql(where: Where) -> tuple[str, list[Any]]:
             if not values:
                 return "1=0", []
             clauses.append(f"{column} IN ({','.join('?' * len(values))})")
-            params.extend(int(v) if isinstance(v, bool) else v for v in values)
+            params.extend(values)
         else:
             clauses.append(f"{column} = ?")
             params.append(_encode(column, value))

@@ -14,7 +14,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -58,30 +58,33 @@ class S3Storage:
     def _where(self) -> str:
         return f"S3 bucket {self.bucket} at {self.endpoint or 'AWS ' + self.region}"
 
-    async def start(self) -> None:
-        stack = AsyncExitStack()
+    def _connect(self, attempts: int) -> AbstractAsyncContextManager[S3Client]:
         config = AioConfig(
-            retries={"max_attempts": 5, "mode": "standard"},
+            retries={"max_attempts": attempts, "mode": "standard"},
             connect_timeout=5,
             # MinIO and most self-hosted stores want path-style addressing.
             s3={"addressing_style": "path" if self.endpoint else "auto"},
         )
-        client = await stack.enter_async_context(
-            get_session().create_client(
-                "s3",
-                endpoint_url=self.endpoint,
-                region_name=self.region,
-                aws_access_key_id=self._access_key,
-                aws_secret_access_key=self._secret_key,
-                config=config,
-            )
+        return get_session().create_client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.region,
+            aws_access_key_id=self._access_key,
+            aws_secret_access_key=self._secret_key,
+            config=config,
         )
+
+    async def start(self) -> None:
         try:
-            await self._ensure_bucket(client)
+            # Without retries, so that a wrong address or credentials fail fast and clearly.
+            async with self._connect(attempts=1) as probe:
+                await self._ensure_bucket(probe)
         except (BotoCoreError, ClientError, OSError) as exc:
-            await stack.aclose()
             raise Unavailable(f"{self._where} is unavailable ({type(exc).__name__})") from None
-        self._stack, self._client = stack, client
+        # From now on, transient errors (a restarting server, throttling) are retried.
+        stack = AsyncExitStack()
+        self._client = await stack.enter_async_context(self._connect(attempts=5))
+        self._stack = stack
 
     async def _ensure_bucket(self, client: S3Client) -> None:
         try:

@@ -282,21 +282,27 @@ class RabbitQueue:
             by_partition.setdefault(partition_id, []).append(message)
         for partition_id, group in by_partition.items():
             name = f"{self.queue_name(partition_id)}.delay.{ttl}"
-            # Redeclared on every use: `x-expires` counts from the last declaration, and
-            # publishing alone would not keep the queue (and its messages) alive.
-            await self._channel().declare_queue(
-                name,
-                durable=True,
-                robust=False,
-                arguments={
-                    "x-message-ttl": ttl,
-                    "x-expires": ttl + DELAY_QUEUE_IDLE_MS,
-                    "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": self.queue_name(partition_id),
-                },
-            )
             self.declared.add(name)
-            await self._publish(name, [(message.body, message.priority) for message in group])
+            try:
+                # Redeclared on every use: `x-expires` counts from the last declaration, and
+                # publishing alone would not keep the queue (and its messages) alive.
+                await self._channel().declare_queue(
+                    name,
+                    durable=True,
+                    robust=False,
+                    arguments={
+                        "x-message-ttl": ttl,
+                        "x-expires": ttl + DELAY_QUEUE_IDLE_MS,
+                        "x-dead-letter-exchange": "",
+                        "x-dead-letter-routing-key": self.queue_name(partition_id),
+                    },
+                )
+                await self._publish(name, [(m.body, m.priority) for m in group])
+            except Exception:
+                # Not delayed then, but not stuck with us either: visible again right away.
+                for message in group:
+                    await _settle(message.nack(requeue=True))
+                raise
             for message in group:
                 await _settle(message.ack())
 

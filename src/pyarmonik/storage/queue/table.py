@@ -46,6 +46,9 @@ class TableQueue:
 
     async def start(self) -> None:
         async with self.database.write() as repository:
+            if self.kind == "postgres":
+                # CREATE ... IF NOT EXISTS races when several processes start at once.
+                await repository.connection.execute("SELECT pg_advisory_xact_lock(4242)")
             await repository.connection.execute(SCHEMAS[self.kind])
             await repository.connection.execute(INDEX)
 
@@ -74,10 +77,10 @@ class TableQueue:
                 "UPDATE queue SET visible_at = ?, receipt = ? WHERE id IN ("
                 "SELECT id FROM queue WHERE partition_id = ? AND visible_at <= ? "
                 f"ORDER BY priority DESC, id LIMIT ?{SKIP_LOCKED[self.kind]}) "
-                "RETURNING id, task_id",
+                "RETURNING id, task_id, priority",
                 [now + lease, receipt, partition_id, now, count],
             )
-        rows.sort(key=lambda row: row["id"])
+        rows.sort(key=lambda row: (-row["priority"], row["id"]))
         return [
             QueueMessage(row["task_id"], partition_id, f"{row['id']}:{receipt}") for row in rows
         ]

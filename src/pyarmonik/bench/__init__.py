@@ -1,0 +1,1 @@
+"""The Indep and Graph benchmarks of the seed, on a local cluster."""

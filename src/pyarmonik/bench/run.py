@@ -1,0 +1,210 @@
+"""Run the Indep and Graph workloads on a fresh `pyarmonik local` cluster and measure them.
+
+The cluster runs in a subprocess (control plane + agents + official Python workers); this
+process is only the client, with the official `armonik` client, as a user's would be.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+from armonik.client import ArmoniKResults, ArmoniKSessions, ArmoniKTasks
+from armonik.common import Task, TaskDefinition, TaskOptions, TaskStatus
+
+WORKER = f"{sys.executable} -m pyarmonik.bench.worker"
+OPTIONS = TaskOptions(max_duration=timedelta(minutes=10), priority=1, max_retries=3)
+
+
+@dataclass
+class Report:
+    workload: str
+    tasks: int
+    agents: int
+    backends: str
+    seconds: float
+    tasks_per_second: float
+    submission_per_second: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    db_throughput: float  # tasks / (last ended_at - first created_at), as ArmoniK's clients
+    peak_rss_mb: float
+
+    def lines(self) -> list[str]:
+        return [f"{key:>22}: {value}" for key, value in asdict(self).items()]
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def _peak_rss_mb(root: int) -> float:
+    """Sum over the cluster's processes of their peak resident memory (VmHWM)."""
+    total = 0
+    for pid in _descendants(root):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+class Cluster:
+    def __init__(self, agents: int, extra: list[str]):
+        self.data_dir = tempfile.mkdtemp(prefix="pyarmonik-bench-")
+        self.agents = agents
+        self.extra = extra
+        self.process: subprocess.Popen[str] | None = None
+        self.endpoint = ""
+
+    def __enter__(self) -> Cluster:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pyarmonik.cli.main", "local", "--port", "0", "--agents", str(self.agents),
+             "--worker", WORKER, "--data-dir", self.data_dir, *self.extra],
+            stdout=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        self.endpoint = self.process.stdout.readline().strip()
+        if not self.endpoint:
+            raise RuntimeError("the local cluster did not start")
+        self._wait_agents()
+        return self
+
+    def _wait_agents(self) -> None:
+        """Agents start in a second or two; measure once they all serve."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            sockets = list(Path(self.data_dir, "agents").glob("*/worker.sock"))
+            if len(sockets) >= self.agents:
+                time.sleep(1.0)
+                return
+            time.sleep(0.2)
+
+    def peak_rss_mb(self) -> float:
+        return _peak_rss_mb(self.process.pid) if self.process else 0.0
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def _latencies(channel: grpc.Channel, session_id: str) -> tuple[list[float], float]:
+    tasks, page, rows = ArmoniKTasks(channel), 0, []
+    while True:
+        total, listed = tasks.list_tasks(Task.session_id == session_id, page=page, page_size=1000)
+        rows += listed
+        if len(rows) >= total or not listed:
+            break
+        page += 1
+    latencies = [
+        (t.ended_at - t.created_at).total_seconds() for t in rows if t.ended_at and t.created_at
+    ]
+    span = (max(t.ended_at for t in rows) - min(t.created_at for t in rows)).total_seconds()
+    return latencies, len(rows) / span if span > 0 else 0.0
+
+
+def _wait_done(channel: grpc.Channel, session_id: str, expected: int | None) -> None:
+    """Until every task of the session is final (and at least `expected` exist)."""
+    tasks = ArmoniKTasks(channel)
+    busy = {TaskStatus.CREATING, TaskStatus.PENDING, TaskStatus.SUBMITTED, TaskStatus.DISPATCHED,
+            TaskStatus.PROCESSING, TaskStatus.CANCELLING, TaskStatus.PAUSED}  # fmt: skip
+    while True:
+        counts = tasks.count_tasks_by_status(Task.session_id == session_id)
+        if not busy & {s for s, n in counts.items() if n} and sum(counts.values()) >= (
+            expected or 1
+        ):
+            failed = {s.name: n for s, n in counts.items() if s != TaskStatus.COMPLETED}
+            if failed:
+                raise RuntimeError(f"tasks did not all complete: {failed}")
+            return
+        time.sleep(0.05)
+
+
+def _report(workload: str, cluster: Cluster, channel: grpc.Channel, session_id: str, start: float,
+            submitted: float, backends: str) -> Report:  # fmt: skip
+    seconds = time.monotonic() - start
+    latencies, db_throughput = _latencies(channel, session_id)
+    count = len(latencies)
+    quantiles = statistics.quantiles(latencies, n=100) if count > 1 else [latencies[0]] * 99
+    return Report(
+        workload=workload,
+        tasks=count,
+        agents=cluster.agents,
+        backends=backends,
+        seconds=round(seconds, 2),
+        tasks_per_second=round(count / seconds, 1),
+        submission_per_second=round(submitted, 1),
+        latency_p50_ms=round(quantiles[49] * 1000, 1),
+        latency_p99_ms=round(quantiles[98] * 1000, 1),
+        db_throughput=round(db_throughput, 1),
+        peak_rss_mb=round(cluster.peak_rss_mb(), 1),
+    )
+
+
+def indep(tasks: int, agents: int, extra: list[str], backends: str) -> Report:
+    """N independent no-op tasks submitted in one batch."""
+    with Cluster(agents, extra) as cluster, grpc.insecure_channel(cluster.endpoint) as channel:
+        session_id = ArmoniKSessions(channel).create_session(OPTIONS)
+        results = ArmoniKResults(channel)
+        start = time.monotonic()
+        payload = results.create_results({"payload": b"indep"}, session_id)["payload"].result_id
+        names = [f"out{i}" for i in range(tasks)]
+        outputs = results.create_results_metadata(names, session_id, batch_size=1000)
+        definitions = [
+            TaskDefinition(payload_id=payload, expected_output_ids=[outputs[n].result_id])
+            for n in names
+        ]
+        ArmoniKTasks(channel).submit_tasks(session_id, definitions, chunk_size=1000)
+        submitted = tasks / (time.monotonic() - start)
+        _wait_done(channel, session_id, tasks)
+        return _report("indep", cluster, channel, session_id, start, submitted, backends)
+
+
+def graph(depth: int, agents: int, extra: list[str], backends: str) -> Report:
+    """Nested fork-join: each task spawns two subtasks and an aggregation that inherits its output."""
+    with Cluster(agents, extra) as cluster, grpc.insecure_channel(cluster.endpoint) as channel:
+        session_id = ArmoniKSessions(channel).create_session(OPTIONS)
+        results = ArmoniKResults(channel)
+        start = time.monotonic()
+        payload = results.create_results({"root": f"graph:{depth}".encode()}, session_id)[
+            "root"
+        ].result_id
+        output = results.create_results_metadata(["out"], session_id)["out"].result_id
+        ArmoniKTasks(channel).submit_tasks(
+            session_id, [TaskDefinition(payload_id=payload, expected_output_ids=[output])]
+        )
+        submitted = 1 / (time.monotonic() - start)
+        expected = 3 * 2**depth - 2
+        _wait_done(channel, session_id, expected)
+        value = results.download_result_data(output, session_id)
+        if value != str(2**depth).encode():
+            raise RuntimeError(f"graph root output is {value!r}, expected {2**depth}")
+        return _report("graph", cluster, channel, session_id, start, submitted, backends)
