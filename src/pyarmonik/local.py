@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 
 
 class LocalCluster:
-    def __init__(self, settings: Settings, default_agents: int | None = None):
+    def __init__(self, settings: Settings, default_agents: int | None = None, lease: float = 30.0):
         self.settings = settings
+        self.lease = lease
         self.default_agents = default_agents or os.cpu_count() or 1
         self.plane = ControlPlane(settings)
         self.agents: list[asyncio.subprocess.Process] = []
@@ -38,6 +39,7 @@ class LocalCluster:
             "--database", settings.database_url,
             "--queue", settings.queue_url,
             "--objects", settings.objects_url,
+            "--lease", str(self.lease),
         ]  # fmt: skip
 
     async def start(self) -> str:

@@ -210,9 +210,9 @@ def test_cancelling_a_running_task_stops_it(channel: grpc.Channel) -> None:
     (out,) = submit(channel, session_id, [{"kind": "sleep", "seconds": 60}])
     tasks = ArmoniKTasks(channel)
     (task,) = tasks.list_tasks(Task.session_id == session_id)[1]
-    _wait_status(channel, task.id, TaskStatus.PROCESSING, 20)
+    _wait_status(channel, task.id, TaskStatus.PROCESSING, 60)
     tasks.cancel_tasks([task.id])
-    _wait_status(channel, task.id, TaskStatus.CANCELLED, 10)
+    _wait_status(channel, task.id, TaskStatus.CANCELLED, 15)
     assert ArmoniKResults(channel).get_result(out).status == ResultStatus.ABORTED
     # the agent is free again: a new task runs at once
     session2 = ArmoniKSessions(channel).create_session(OPTIONS)
@@ -225,6 +225,6 @@ def test_cancelling_a_session_stops_its_running_task(channel: grpc.Channel) -> N
     session_id = sessions.create_session(OPTIONS)
     submit(channel, session_id, [{"kind": "sleep", "seconds": 60}])
     (task,) = ArmoniKTasks(channel).list_tasks(Task.session_id == session_id)[1]
-    _wait_status(channel, task.id, TaskStatus.PROCESSING, 20)
+    _wait_status(channel, task.id, TaskStatus.PROCESSING, 60)
     sessions.cancel_session(session_id)
-    _wait_status(channel, task.id, TaskStatus.CANCELLED, 10)
+    _wait_status(channel, task.id, TaskStatus.CANCELLED, 15)

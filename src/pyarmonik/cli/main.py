@@ -144,6 +144,10 @@ def agent(
     host: Annotated[
         str, typer.Option(help="Address other agents reach our liveness endpoint on.")
     ] = "127.0.0.1",
+    http_port: Annotated[
+        int,
+        typer.Option(help="Port of the liveness HTTP endpoint on --host (0: any free port)."),
+    ] = 0,
     lease: Annotated[
         float, typer.Option(help="Seconds a held queue message stays invisible.")
     ] = 30.0,
@@ -169,6 +173,7 @@ def agent(
         worker_socket=worker_socket,
         work_dir=work_dir,
         host=host,
+        http_port=http_port,
         lease=lease,
         data_chunk_max_size=settings.data_chunk_max_size,
     )
@@ -193,6 +198,9 @@ def local(
         str, typer.Option(help="Partition of the agents (without --config).")
     ] = "default",
     worker: Annotated[str | None, typer.Option(help="Worker command of that partition.")] = None,
+    lease: Annotated[
+        float, typer.Option(help="Seconds a held queue message stays invisible.")
+    ] = 30.0,
     data_dir: DataDirOption = None,
     config: ConfigOption = None,
     database: DatabaseOption = None,
@@ -210,7 +218,7 @@ def local(
     setup_logging(settings.log_level)
 
     async def main(stop: asyncio.Event) -> None:
-        cluster = LocalCluster(settings, default_agents=agents)
+        cluster = LocalCluster(settings, default_agents=agents, lease=lease)
         try:
             endpoint = await cluster.start()
         except ArmoniKError as error:

@@ -48,6 +48,9 @@ class AgentSettings:
     http_port: int = 0
     lease: float = 30.0  # queue visibility of a held message, renewed while we hold it
     cancel_poll: float = 0.5
+    # A prefetched task waiting longer than this behind a long one is given back (ArmoniK's
+    # TimeoutBeforeNextAcquisition).
+    prepared_timeout: float = 10.0
     data_chunk_max_size: int = 2 * 1024 * 1024
     worker_socket: Path | None = None  # an external worker's socket (no command)
 
@@ -62,6 +65,7 @@ class Held:
     token: str
     folder: Path
     fetched_at: float = 0.0
+    prepared_at: float = 0.0
 
 
 @dataclass
@@ -93,6 +97,7 @@ class Agent:
         self.processing: TaskProcessing | None = None
         self.completed = 0
         self._stopping = asyncio.Event()
+        self._slot_free = asyncio.Event()
         self._http: web.AppRunner | None = None
         self._api_server: grpc.aio.Server | None = None
         self._client: aiohttp.ClientSession | None = None
@@ -181,12 +186,20 @@ class Agent:
     # -- fetch stage -------------------------------------------------------------------------
 
     async def _fetch_loop(self) -> None:
+        """Keep exactly one task prepared ahead of the one running."""
         idle = 0.01
         try:
             while not self._stopping.is_set():
-                messages = await self.backends.queue.pull(
-                    self.settings.partition_id, 1, self.settings.lease
-                )
+                if not await self._slot_freed():
+                    continue
+                try:
+                    messages = await self.backends.queue.pull(
+                        self.settings.partition_id, 1, self.settings.lease
+                    )
+                except Exception:
+                    log.exception("pulling from the queue failed; retrying")
+                    messages = []
+                    idle = 1.0
                 if not messages:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stopping.wait(), idle)
@@ -196,10 +209,28 @@ class Agent:
                 for message in messages:
                     held = await self._acquire(message)
                     if held is not None:
-                        await self.prepared.put(held)
+                        held.prepared_at = now()
+                        self.prepared.put_nowait(held)
         finally:
             await self._give_back_prepared()
-            await self.prepared.put(None)
+            self.prepared.put_nowait(None)
+
+    async def _slot_freed(self) -> bool:
+        """Wait until the prepared slot is empty. A task prepared for too long (the running
+        one is long) is given back, so that an idle agent can take it."""
+        if self.prepared.empty():
+            return True
+        self._slot_free.clear()
+        if self.prepared.empty():  # taken meanwhile
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._slot_free.wait(), self.settings.prepared_timeout)
+            return True
+        if not self.prepared.empty():
+            held = self.prepared.get_nowait()
+            if held is not None:
+                await self._give_back(held)
+        return False
 
     async def _acquire(self, message: QueueMessage) -> Held | None:
         assert self.processing is not None
@@ -250,28 +281,41 @@ class Agent:
         held.fetched_at = now()
 
     async def _give_back_prepared(self) -> None:
-        assert self.processing is not None
         while not self.prepared.empty():
             held = self.prepared.get_nowait()
-            if held is None:
-                continue
+            if held is not None:
+                await self._give_back(held)
+
+    async def _give_back(self, held: Held) -> None:
+        """Release a task acquired but not started: SUBMITTED again, message visible again."""
+        assert self.processing is not None
+        try:
             await self.processing.release(held.task)
             await self.backends.queue.release([held.message])
-            self._forget(held)
+        except Exception:  # the lease runs out and the next acquisition recovers it
+            log.exception("giving back task %s failed", held.task.task_id)
+        self._forget(held)
 
     # -- run stage ---------------------------------------------------------------------------
 
     async def _run_loop(self) -> None:
         try:
             while (held := await self.prepared.get()) is not None:
-                await self.ended.put(await self._execute(held))
+                self._slot_free.set()
+                try:
+                    ended = await self._execute(held)
+                except Exception as error:  # never lose the task: it goes the retry path
+                    log.exception("running task %s failed", held.task.task_id)
+                    ended = Ended(held, "crash", f"Agent failed to run the task: {error!r}")
+                    await self._recover_worker()
+                self.ended.put_nowait(ended)
         finally:
             await self.ended.put(None)
 
     async def _execute(self, held: Held) -> Ended:
         assert self.processing is not None and self.worker.stub is not None
         if self.worker.exited:
-            await self.worker.restart("worker exited")
+            await self._recover_worker("worker exited")
         started = await self.processing.start(held.task, held.fetched_at)
         if started is None:
             return Ended(held, "skipped")
@@ -298,8 +342,20 @@ class Agent:
             outcome = self.api.context.outcome
             self.api.context = None
         if kind in ("timeout", "cancelled", "crash"):
-            await self.worker.restart(f"task {task.task_id}: {kind}")
+            await self._recover_worker(f"task {task.task_id}: {kind}")
         return Ended(held, kind, detail, outcome, now())
+
+    async def _recover_worker(self, reason: str = "agent error") -> None:
+        """Restart the worker until it is healthy again (it is our only way to run tasks)."""
+        pause = 1.0
+        while not self._stopping.is_set():
+            try:
+                await self.worker.restart(reason)
+                return
+            except Exception:
+                log.exception("restarting the worker failed; trying again in %.0fs", pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 30.0)
 
     async def _await_unless_cancelled(
         self, call: grpc.aio.UnaryUnaryCall, task_id: str

@@ -24,6 +24,7 @@ def run(handler: TaskHandler) -> Output:
             {handler.expected_results[0]: str(total + order.get("add", 0)).encode()}
         )
     elif kind == "value":
+        time.sleep(order.get("sleep", 0))
         handler.send_results({handler.expected_results[0]: str(order["value"]).encode()})
     elif kind == "error":
         return Output(order.get("message", "failed on purpose"))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any
-
-import aiosqlite
+from typing import Any, TypeVar
 
 from pyarmonik.domain.filters import SQLITE_DIALECT
 from pyarmonik.domain.records import Row
@@ -147,37 +148,105 @@ END;
 
 # Another process may hold the write lock for a while (a big submission): wait, don't fail.
 BUSY_TIMEOUT_MS = 60_000
+T = TypeVar("T")
 
 
-async def _run(connection: aiosqlite.Connection, sql: str) -> None:
-    """Run a statement to completion (an unread cursor would keep it "in progress")."""
-    cursor = await connection.execute(sql)
-    await cursor.fetchall()
-    await cursor.close()
+class _Thread:
+    """A sqlite3 connection owned by one thread. Each call runs a whole statement (execute,
+    fetch, describe) there in a single hop; aiosqlite would make several hops per statement."""
+
+    def __init__(self, path: Path, busy_timeout_ms: int):
+        self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._connection: sqlite3.Connection | None = None
+
+    async def call(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    def open(self) -> None:
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        connection.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+        connection.execute("PRAGMA synchronous = NORMAL")
+        self._connection = connection
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise RuntimeError("database not started")
+        return self._connection
+
+    def fetch(self, sql: str, params: Sequence[Any]) -> list[Row]:
+        cursor = self.connection.execute(sql, params)
+        rows = cursor.fetchall()
+        names = [d[0] for d in cursor.description or ()]
+        cursor.close()
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def execute(self, sql: str, params: Sequence[Any]) -> int:
+        cursor = self.connection.execute(sql, params)
+        cursor.fetchall()
+        count = cursor.rowcount
+        cursor.close()
+        return int(count)
+
+    def executemany(self, sql: str, params: list[tuple[Any, ...]]) -> None:
+        self.connection.executemany(sql, params).close()
+
+    def begin(self) -> None:
+        """BEGIN IMMEDIATE, retried with sub-millisecond sleeps: SQLite's own busy handler
+        sleeps 1 to 100 ms between tries, far longer than our transactions hold the lock."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        pause = 0.0001
+        while True:
+            try:
+                self.connection.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.002)
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
 
 class _Connection:
-    """aiosqlite behind the SqlConnection protocol."""
+    """The SqlConnection protocol over a _Thread; inside a write transaction, BEGIN travels
+    with the first statement."""
 
-    def __init__(self, connection: aiosqlite.Connection):
-        self._connection = connection
+    def __init__(self, thread: _Thread, begin: bool = False):
+        self._thread = thread
+        self._begin = begin
+
+    def _opening(self, function: Callable[..., T]) -> Callable[..., T]:
+        if not self._begin:
+            return function
+        self._begin = False
+        thread = self._thread
+
+        def begin_then(*args: Any) -> T:
+            thread.begin()
+            return function(*args)
+
+        return begin_then
 
     async def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> int:
-        cursor = await self._connection.execute(sql, params)
-        count = cursor.rowcount
-        await cursor.close()
-        return int(count)
+        return await self._thread.call(self._opening(self._thread.execute), sql, params)
 
     async def executemany(self, sql: str, params: list[tuple[Any, ...]]) -> None:
-        cursor = await self._connection.executemany(sql, params)
-        await cursor.close()
+        await self._thread.call(self._opening(self._thread.executemany), sql, params)
 
     async def fetch(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Row]:
-        cursor = await self._connection.execute(sql, params)
-        rows = await cursor.fetchall()
-        names = [d[0] for d in cursor.description or ()]
-        await cursor.close()
-        return [dict(zip(names, row, strict=True)) for row in rows]
+        return await self._thread.call(self._opening(self._thread.fetch), sql, params)
+
+    async def finish(self, commit: bool) -> None:
+        if self._begin:
+            return  # nothing was sent: no transaction to end
+        await self._thread.call(self._thread.execute, "COMMIT" if commit else "ROLLBACK", ())
 
 
 class SqliteDatabase:
@@ -188,48 +257,60 @@ class SqliteDatabase:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
+        # The writer handles busy waits itself (see _Thread.begin); readers never wait in
+        # WAL mode but for rare checkpoints, where SQLite's handler is fine.
+        self._writer = _Thread(self.path, busy_timeout_ms=0)
+        self._reader = _Thread(self.path, busy_timeout_ms=BUSY_TIMEOUT_MS)
         self._write_lock = asyncio.Lock()
         self._changed = asyncio.Event()
-
-    async def _open(self) -> aiosqlite.Connection:
-        connection = await aiosqlite.connect(self.path, isolation_level=None)
-        for pragma in (f"busy_timeout = {BUSY_TIMEOUT_MS}", "synchronous = NORMAL"):
-            await _run(connection, f"PRAGMA {pragma}")
-        return connection
+        self._started = False
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._open()
-        await _run(self._writer, "PRAGMA journal_mode = WAL")
-        await self._writer.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
-        self._reader = await self._open()
+        await self._writer.call(self._writer.open)
+        await self._writer.call(self._writer.fetch, "PRAGMA journal_mode = WAL", ())
+        await self._writer.call(self._create_schema)
+        await self._reader.call(self._reader.open)
+        self._started = True
+
+    def _create_schema(self) -> None:
+        # executescript commits whatever is pending first, so BEGIN goes inside the script;
+        # other processes may be creating it at the same moment: retry while locked.
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                self._writer.connection.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+                return
+            except sqlite3.OperationalError as error:
+                if self._writer.connection.in_transaction:
+                    self._writer.connection.execute("ROLLBACK")
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.01)
 
     async def close(self) -> None:
-        for connection in (self._writer, self._reader):
-            if connection is not None:
-                await connection.close()
-        self._writer = self._reader = None
+        for thread in (self._writer, self._reader):
+            await thread.call(thread.close)
+        self._started = False
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Repository]:
-        if self._reader is None:
+        if not self._started:
             raise RuntimeError("database not started")
         yield Repository(_Connection(self._reader), self.dialect)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Repository]:
-        if self._writer is None:
+        if not self._started:
             raise RuntimeError("database not started")
         async with self._write_lock:
-            await _run(self._writer, "BEGIN IMMEDIATE")
+            connection = _Connection(self._writer, begin=True)
             try:
-                yield Repository(_Connection(self._writer), self.dialect)
+                yield Repository(connection, self.dialect)
             except BaseException:
-                await _run(self._writer, "ROLLBACK")
+                await connection.finish(commit=False)
                 raise
-            await _run(self._writer, "COMMIT")
+            await connection.finish(commit=True)
         self._changed.set()
 
     async def wait_for_changes(self, timeout: float) -> None:
