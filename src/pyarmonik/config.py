@@ -58,6 +58,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 5001
+    http_port: int | None = None  # /metrics and health; None: no HTTP server
     data_dir: Path = Path("pyarmonik-data")
     database: str = ""  # default: sqlite:///<data_dir>/pyarmonik.db
     queue: str = ""  # default: a queue table in the database

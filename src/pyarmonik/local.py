@@ -6,15 +6,18 @@ import asyncio
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import sys
 
 from pyarmonik.compute.orphans import die_with_parent
 from pyarmonik.config import PartitionSettings, Settings
 from pyarmonik.control.server import ControlPlane
-from pyarmonik.domain.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
+
+# The worker of a partition that names none: the SDK's function worker.
+FUNCTION_WORKER = f"{shlex.quote(sys.executable)} -m pyarmonik.sdk.worker"
 
 
 class LocalCluster:
@@ -26,15 +29,11 @@ class LocalCluster:
         self.agents: list[asyncio.subprocess.Process] = []
 
     def _agent_command(self, partition: PartitionSettings, index: int) -> list[str]:
-        if not partition.worker:
-            raise InvalidArgument(
-                f"partition {partition.id} has no worker command (give --worker or 'worker:' in the config)"
-            )
         settings = self.settings
         return [
             sys.executable, "-m", "pyarmonik.cli.main", "agent",
             "--partition", partition.id,
-            "--worker", partition.worker,
+            "--worker", partition.worker or FUNCTION_WORKER,
             "--work-dir", str((settings.data_dir / "agents" / f"{partition.id}-{index}").resolve()),
             "--database", settings.database_url,
             "--queue", settings.queue_url,

@@ -27,12 +27,18 @@ from armonik.protogen.client import (
     tasks_service_pb2_grpc,
 )
 
-from tests.helpers import BackgroundControlPlane, control_plane
+from tests.helpers import BACKEND_PARAMS, BackgroundControlPlane, cluster_backends, control_plane
 
 
-@pytest.fixture(scope="module")
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundControlPlane]:
-    with control_plane(Path(tmp_path_factory.mktemp("control"))) as running:
+@pytest.fixture(scope="module", params=BACKEND_PARAMS)
+def plane(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BackgroundControlPlane]:
+    """A control plane per module and backend combination (every test runs on each)."""
+    with (
+        cluster_backends(request.param) as backends,
+        control_plane(Path(tmp_path_factory.mktemp("control")), backends=backends) as running,
+    ):
         yield running
 
 

@@ -93,7 +93,7 @@ class Stream:
             self.error = error
         self.messages.put(self.END)
 
-    def next(self, timeout: float = 5.0) -> Any:
+    def next(self, timeout: float = 10.0) -> Any:
         """The next message; AssertionError if none comes in time or the stream ended."""
         try:
             message = self.messages.get(timeout=timeout)
@@ -104,7 +104,7 @@ class Stream:
             raise AssertionError(f"the stream ended ({self.error!r})")
         return message
 
-    def take(self, count: int, timeout: float = 5.0) -> list[Any]:
+    def take(self, count: int, timeout: float = 10.0) -> list[Any]:
         return [self.next(timeout) for _ in range(count)]
 
     def silent(self, duration: float) -> bool:
@@ -131,3 +131,38 @@ class Stream:
     def cancel(self) -> None:
         self.call.cancel()
         self.thread.join(timeout=5)
+
+
+def queued(plane: Any, partition: str, expected: int, timeout: float = 5.0) -> list[str]:
+    """Task ids pulled (and acked) from a partition's queue: `expected` of them, or what came
+    in `timeout`. Goes through the plane's own queue backend, as an agent would."""
+    queue_backend = plane.plane.backends.queue
+    found: list[str] = []
+    deadline = time.monotonic() + timeout
+    while len(found) < expected or expected == 0:
+        messages = plane.call(queue_backend.pull(partition, max(expected - len(found), 1), 30.0))
+        if messages:
+            plane.call(queue_backend.ack(messages))
+            found += [m.task_id for m in messages]
+        elif time.monotonic() > deadline:
+            break
+        else:
+            time.sleep(0.02)
+    return found
+
+
+def drain(plane: Any, partition: str) -> None:
+    """Empty a partition's queue (messages other tests left there)."""
+    queued(plane, partition, 0, timeout=0.3)
+
+
+def set_task(plane: Any, task_id: str, **values: Any) -> None:
+    """Change a task's row as an agent would (there is no compute plane in these tests)."""
+    from pyarmonik.domain.records import Task
+
+    async def update() -> None:
+        async with plane.plane.backends.database.write() as repository:
+            changed = await repository.update(Task, {"task_id": task_id}, values)
+            assert changed == [task_id]
+
+    plane.call(update())

@@ -275,7 +275,7 @@ def test_unknown_event_type_or_filter_field_is_invalid(
 # -- wait_for_result_availability -------------------------------------------------------------
 
 
-def wait(events: ArmoniKEvents, ids: list[str], session_id: str, timeout: float = 10.0) -> None:
+def wait(events: ArmoniKEvents, ids: list[str], session_id: str, timeout: float = 30.0) -> None:
     with ThreadPoolExecutor(1) as pool:
         pool.submit(events.wait_for_result_availability, ids, session_id).result(timeout=timeout)
 
@@ -325,3 +325,21 @@ def test_wait_raises_on_aborted_result(
     # Already aborted: raises at once, from the snapshot.
     with pytest.raises(RuntimeError, match="aborted"):
         wait(events, task.output_ids, session_id)
+
+
+def test_open_streams_do_not_starve_other_calls(
+    events_stub: EventsStub,
+    open_streams: list[Stream],
+    sessions: ArmoniKSessions,
+    results: ArmoniKResults,
+    session_id: str,
+) -> None:
+    streams = [subscribe(events_stub, open_streams, session_id) for _ in range(40)]
+    assert streams[-1].silent(0.2)  # an empty session: nothing to replay
+    started = time.monotonic()
+    created = results.create_results_metadata(["busy"], session_id)["busy"].result_id
+    assert sessions.get_session(session_id).session_id == session_id
+    assert time.monotonic() - started < 5
+    # Every stream sees the new result.
+    for stream in streams:
+        assert describe(stream.next()) == ("new_result", created, ResultStatus.CREATED)

@@ -252,3 +252,11 @@ def test_submitted_task_lists_its_results(
     assert tasks.get_result_ids([task.id]) == {
         task.id: [created["o1"].result_id, created["o2"].result_id]
     }
+
+
+def test_large_inline_data(results: ArmoniKResults, session_id: str) -> None:
+    """Inline data comes in one message: larger than gRPC's default 4 MiB, it still fits."""
+    data = os.urandom(6 * 1024 * 1024)
+    created = results.create_results({"inline": data}, session_id)["inline"]
+    assert created.size == len(data)
+    assert results.download_result_data(created.result_id, session_id) == data

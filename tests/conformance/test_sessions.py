@@ -8,10 +8,23 @@ from datetime import timedelta
 import grpc
 import pytest
 from armonik.client import ArmoniKResults, ArmoniKSessions, ArmoniKTasks
-from armonik.common import ResultStatus, Session, SessionStatus, TaskOptions, TaskStatus
+from armonik.common import (
+    ResultStatus,
+    Session,
+    SessionStatus,
+    TaskDefinition,
+    TaskOptions,
+    TaskStatus,
+)
 from armonik.protogen.client.results_service_pb2_grpc import ResultsStub
 from armonik.protogen.client.sessions_service_pb2_grpc import SessionsStub
-from armonik.protogen.common import results_common_pb2, sessions_common_pb2
+from armonik.protogen.common import (
+    results_common_pb2,
+    sessions_common_pb2,
+    sessions_fields_pb2,
+    sessions_filters_pb2,
+)
+from armonik.protogen.common.filters_common_pb2 import FilterString
 
 from tests.conformance.conftest import OPTIONS
 from tests.conformance.support import code_of, submit_one
@@ -323,8 +336,6 @@ def test_submission_to_a_finished_session_is_refused(
     created = results.create_results_metadata(["payload", "out"], session_id)
     results.upload_result_data(created["payload"].result_id, session_id, b"p")
     SETUPS[state](sessions, session_id)
-    from armonik.common import TaskDefinition
-
     definition = TaskDefinition(
         payload_id=created["payload"].result_id, expected_output_ids=[created["out"].result_id]
     )
@@ -332,9 +343,6 @@ def test_submission_to_a_finished_session_is_refused(
 
 
 def test_list_sessions_with_task_options(sessions_stub: SessionsStub, session_id: str) -> None:
-    from armonik.protogen.common import sessions_fields_pb2, sessions_filters_pb2
-    from armonik.protogen.common.filters_common_pb2 import FilterString
-
     only = sessions_filters_pb2.Filters(
         **{
             "or": [

@@ -3,14 +3,18 @@ propagation through the task graph."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import grpc
 from armonik.client import ArmoniKResults, ArmoniKSessions, ArmoniKTasks
 from armonik.common import ResultStatus, Task, TaskDefinition, TaskOptions, TaskStatus
+from armonik.protogen.client.tasks_service_pb2_grpc import TasksStub
+from armonik.protogen.common import tasks_common_pb2
 
 from tests.conformance.conftest import OPTIONS
-from tests.conformance.support import code_of, submit_one
+from tests.conformance.support import code_of, drain, queued, set_task, submit_one
+from tests.helpers import BackgroundControlPlane
 
 FP = grpc.StatusCode.FAILED_PRECONDITION
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -289,22 +293,17 @@ def test_cancel_pending_task(results: ArmoniKResults, tasks: ArmoniKTasks, sessi
 
 
 def test_cancel_replies_with_the_updated_tasks(
-    tasks: ArmoniKTasks, results: ArmoniKResults, channel: object, session_id: str
+    tasks: ArmoniKTasks, results: ArmoniKResults, tasks_stub: TasksStub, session_id: str
 ) -> None:
-    from armonik.protogen.client.tasks_service_pb2_grpc import TasksStub
-    from armonik.protogen.common import tasks_common_pb2
-
     one = submit_one(results, tasks, session_id)
     two = submit_one(results, tasks, session_id)
-    reply = TasksStub(channel).CancelTasks(
+    reply = tasks_stub.CancelTasks(
         tasks_common_pb2.CancelTasksRequest(task_ids=[one.task_id, two.task_id])
     )
     assert sorted(t.id for t in reply.tasks) == sorted([one.task_id, two.task_id])
     assert {t.status for t in reply.tasks} == {TaskStatus.CANCELLED}
     # Cancelling again is harmless: the tasks stay CANCELLED.
-    again = TasksStub(channel).CancelTasks(
-        tasks_common_pb2.CancelTasksRequest(task_ids=[one.task_id])
-    )
+    again = tasks_stub.CancelTasks(tasks_common_pb2.CancelTasksRequest(task_ids=[one.task_id]))
     assert [t.status for t in again.tasks] == [TaskStatus.CANCELLED]
 
 
@@ -381,3 +380,84 @@ def test_submit_to_a_partition_outside_the_session_is_refused(
     assert code_of(lambda: submit_one(results, tasks, session_id, options=options)) == (
         grpc.StatusCode.INVALID_ARGUMENT
     )
+
+
+def test_ready_tasks_are_queued_on_their_partition(
+    plane: BackgroundControlPlane,
+    sessions: ArmoniKSessions,
+    results: ArmoniKResults,
+    tasks: ArmoniKTasks,
+    session_id: str,
+) -> None:
+    on_other = TaskOptions(timedelta(seconds=5), priority=3, max_retries=1, partition_id="other")
+    drain(plane, "other")
+    ready = submit_one(results, tasks, session_id, options=on_other)
+    waiting = submit_one(results, tasks, session_id, payload=None, options=on_other)
+    assert queued(plane, "other", 1) == [ready.task_id]
+    assert queued(plane, "other", 1, timeout=0.3) == []  # the waiting task is not queued
+    results.upload_result_data(waiting.payload_id, session_id, b"payload")
+    assert queued(plane, "other", 1) == [waiting.task_id]
+    # Paused tasks are queued again when the session resumes.
+    sessions.pause_session(session_id)
+    paused = submit_one(results, tasks, session_id, options=on_other)
+    assert queued(plane, "other", 1, timeout=0.3) == []
+    sessions.resume_session(session_id)
+    assert sorted(queued(plane, "other", 3)) == sorted(
+        [ready.task_id, waiting.task_id, paused.task_id]
+    )
+
+
+def test_completed_task_reports_success(
+    plane: BackgroundControlPlane, results: ArmoniKResults, tasks: ArmoniKTasks, session_id: str
+) -> None:
+    task = submit_one(results, tasks, session_id)
+    # What an agent does on success: the output's data, then the task COMPLETED.
+    results.upload_result_data(task.output_ids[0], session_id, b"computed")
+    set_task(plane, task.task_id, status=TaskStatus.COMPLETED, ended_at=time.time())
+    done = tasks.get_task(task.task_id)
+    assert done.status == TaskStatus.COMPLETED
+    assert done.output.success and done.output.error is None
+    summary = tasks.list_tasks(Task.id == task.task_id, detailed=False, with_errors=True)[1][0]
+    assert summary.output.error is None
+    # Cancelling a finished task changes nothing.
+    tasks.cancel_tasks([task.task_id])
+    assert tasks.get_task(task.task_id).status == TaskStatus.COMPLETED
+    assert results.get_result(task.output_ids[0]).status == ResultStatus.COMPLETED
+
+
+def test_cancel_running_task_is_cancelling(
+    plane: BackgroundControlPlane, results: ArmoniKResults, tasks: ArmoniKTasks, session_id: str
+) -> None:
+    running = submit_one(results, tasks, session_id)
+    dependent = submit_one(results, tasks, session_id, dependencies=running.output_ids)
+    set_task(plane, running.task_id, status=TaskStatus.PROCESSING, owner_pod_id="10.0.0.1")
+    tasks.cancel_tasks([running.task_id])
+    # An agent holds it: it stops the worker and ends it CANCELLED; its outputs are lost.
+    assert tasks.get_task(running.task_id).status == TaskStatus.CANCELLING
+    assert results.get_result(running.output_ids[0]).status == ResultStatus.ABORTED
+    assert tasks.get_task(dependent.task_id).status == TaskStatus.ERROR
+
+
+def test_pause_releases_dispatched_tasks(
+    plane: BackgroundControlPlane,
+    sessions: ArmoniKSessions,
+    results: ArmoniKResults,
+    tasks: ArmoniKTasks,
+    session_id: str,
+) -> None:
+    dispatched = submit_one(results, tasks, session_id)
+    processing = submit_one(results, tasks, session_id)
+    set_task(plane, dispatched.task_id, status=TaskStatus.DISPATCHED, owner_pod_id="10.0.0.1")
+    set_task(plane, processing.task_id, status=TaskStatus.PROCESSING, owner_pod_id="10.0.0.2")
+    sessions.pause_session(session_id)
+    paused = tasks.get_task(dispatched.task_id)
+    assert (paused.status, paused.owner_pod_id) == (TaskStatus.PAUSED, "")
+    # A running task finishes its run.
+    assert tasks.get_task(processing.task_id).status == TaskStatus.PROCESSING
+    sessions.resume_session(session_id)
+    assert tasks.get_task(dispatched.task_id).status == TaskStatus.SUBMITTED
+    assert tasks.get_task(processing.task_id).status == TaskStatus.PROCESSING
+    # Cancelling the session: the running task is asked to stop.
+    sessions.cancel_session(session_id)
+    assert tasks.get_task(processing.task_id).status == TaskStatus.CANCELLING
+    assert tasks.get_task(dispatched.task_id).status == TaskStatus.CANCELLED

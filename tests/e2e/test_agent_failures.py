@@ -16,24 +16,9 @@ from armonik.client import ArmoniKEvents, ArmoniKResults, ArmoniKSessions, Armon
 from armonik.common import Task, TaskDefinition, TaskOptions, TaskStatus
 
 from tests.helpers import local_cluster
+from tests.processes import agent_pids
 
 OPTIONS = TaskOptions(max_duration=timedelta(seconds=60), priority=1, max_retries=3)
-
-
-def agent_pids(root: int) -> list[int]:
-    """Pids of the `pyarmonik agent` processes started by the local cluster `root`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if parent == root and b"agent" in command:
-            found.append(int(entry.name))
-    return found
 
 
 def test_kill_one_of_two_agents_mid_session(tmp_path: Path) -> None:

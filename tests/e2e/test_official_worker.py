@@ -13,14 +13,20 @@ import pytest
 from armonik.client import ArmoniKEvents, ArmoniKResults, ArmoniKSessions, ArmoniKTasks
 from armonik.common import ResultStatus, Task, TaskDefinition, TaskOptions, TaskStatus
 
-from tests.helpers import LocalProcess, local_cluster
+from tests.helpers import BACKEND_PARAMS, LocalProcess, cluster_backends, local_cluster
 
 OPTIONS = TaskOptions(max_duration=timedelta(seconds=30), priority=1, max_retries=2)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProcess]:
-    with local_cluster(Path(tmp_path_factory.mktemp("local"))) as running:
+@pytest.fixture(scope="module", params=BACKEND_PARAMS)
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalProcess]:
+    """`pyarmonik local` on each backend combination in turn (every test runs on each)."""
+    with (
+        cluster_backends(request.param, partitions=["default"]) as backends,
+        local_cluster(Path(tmp_path_factory.mktemp("local")), backends=backends) as running,
+    ):
         yield running
 
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +22,12 @@ import grpc
 from armonik.client import ArmoniKResults, ArmoniKSessions, ArmoniKTasks
 from armonik.common import Task, TaskDefinition, TaskOptions, TaskStatus
 
+from pyarmonik.bench import sdk as workloads
+from pyarmonik.sdk import Cluster as SdkCluster
+from pyarmonik.sdk import Future
+
 WORKER = f"{sys.executable} -m pyarmonik.bench.worker"
+SDK_WORKER = f"{sys.executable} -m pyarmonik.sdk.worker"  # the function worker
 OPTIONS = TaskOptions(max_duration=timedelta(minutes=10), priority=1, max_retries=3)
 
 
@@ -74,17 +80,18 @@ def _peak_rss_mb(root: int) -> float:
 
 
 class Cluster:
-    def __init__(self, agents: int, extra: list[str]):
+    def __init__(self, agents: int, extra: list[str], worker: str = WORKER):
         self.data_dir = tempfile.mkdtemp(prefix="pyarmonik-bench-")
         self.agents = agents
         self.extra = extra
+        self.worker = worker
         self.process: subprocess.Popen[str] | None = None
         self.endpoint = ""
 
     def __enter__(self) -> Cluster:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pyarmonik.cli.main", "local", "--port", "0", "--agents", str(self.agents),
-             "--worker", WORKER, "--data-dir", self.data_dir, *self.extra],
+             "--worker", self.worker, "--data-dir", self.data_dir, *self.extra],
             stdout=subprocess.PIPE, text=True, start_new_session=True,
         )  # fmt: skip
         assert self.process.stdout is not None
@@ -208,3 +215,35 @@ def graph(depth: int, agents: int, extra: list[str], backends: str) -> Report:
         if value != str(2**depth).encode():
             raise RuntimeError(f"graph root output is {value!r}, expected {2**depth}")
         return _report("graph", cluster, channel, session_id, start, submitted, backends)
+
+
+def _sdk_run(workload: str, agents: int, extra: list[str], backends: str, submit: Callable[[], Future[int]], expected_value: int, expected_tasks: int) -> Report:  # fmt: skip
+    """A workload written with the SDK (pyarmonik.bench.sdk), on the function worker."""
+    with (
+        Cluster(agents, extra, worker=SDK_WORKER) as cluster,
+        grpc.insecure_channel(cluster.endpoint) as channel,
+        SdkCluster.connect(cluster.endpoint, max_duration=600) as sdk,
+    ):
+        start = time.monotonic()
+        future = submit()
+        submitted = 1 / (time.monotonic() - start)
+        value = future.result()
+        if value != expected_value:
+            raise RuntimeError(f"{workload} returned {value}, expected {expected_value}")
+        _wait_done(channel, sdk.session.id, expected_tasks)
+        return _report(workload, cluster, channel, sdk.session.id, start, submitted, backends)
+
+
+def sdk_graph(depth: int, agents: int, extra: list[str], backends: str) -> Report:
+    """Graph written with the SDK: `add.delegate(node.submit(d - 1), node.submit(d - 1))`."""
+    return _sdk_run("graph-sdk", agents, extra, backends, lambda: workloads.node.submit(depth),
+                    2**depth, 3 * 2**depth - 2)  # fmt: skip
+
+
+def sdk_fib(n: int, agents: int, extra: list[str], backends: str) -> Report:
+    """Recursive Fibonacci with the SDK, by delegation: `add.delegate(fib(n-1), fib(n-2))`."""
+    a, b = 0, 1
+    for _ in range(n):
+        a, b = b, a + b
+    return _sdk_run(f"fib-sdk({n})", agents, extra, backends, lambda: workloads.fib.submit(n),
+                    a, workloads.fib_tasks(n))  # fmt: skip

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 from pathlib import Path
@@ -56,9 +55,9 @@ def settings_from(
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from pyarmonik.observability.logging import setup_logging as configure
+
+    configure(level, os.environ.get("PYARMONIK_LOG_FORMAT", "auto"))
 
 
 def run_until_signal(main: object) -> None:
@@ -90,6 +89,9 @@ def _group() -> None:
 def control(
     port: Annotated[int, typer.Option(help="gRPC port.")] = 5001,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    http_port: Annotated[
+        int, typer.Option(help="HTTP port of /metrics and health (ArmoniK's 1081).")
+    ] = 1081,
     data_dir: DataDirOption = None,
     partition: PartitionOption = None,
     config: ConfigOption = None,
@@ -105,6 +107,7 @@ def control(
         partition,
         port=port,
         host=host,
+        http_port=http_port,
         data_dir=data_dir,
         database=database,
         queue=queue,
@@ -197,10 +200,16 @@ def local(
     partition: Annotated[
         str, typer.Option(help="Partition of the agents (without --config).")
     ] = "default",
-    worker: Annotated[str | None, typer.Option(help="Worker command of that partition.")] = None,
+    worker: Annotated[
+        str | None,
+        typer.Option(help="Worker command of that partition (default: the SDK's function worker)."),
+    ] = None,
     lease: Annotated[
         float, typer.Option(help="Seconds a held queue message stays invisible.")
     ] = 30.0,
+    http_port: Annotated[
+        int | None, typer.Option(help="HTTP port of /metrics and health (default: gRPC port + 1).")
+    ] = None,
     data_dir: DataDirOption = None,
     config: ConfigOption = None,
     database: DatabaseOption = None,
@@ -210,8 +219,17 @@ def local(
     """A whole cluster on this machine: control plane and agent/worker pairs."""
     from pyarmonik.local import LocalCluster
 
+    if http_port is None:
+        http_port = port + 1 if port else 0
     settings = settings_from(
-        config, None, port=port, data_dir=data_dir, database=database, queue=queue, objects=objects
+        config,
+        None,
+        port=port,
+        http_port=http_port,
+        data_dir=data_dir,
+        database=database,
+        queue=queue,
+        objects=objects,
     )
     if not settings.partitions:
         settings.partitions = [PartitionSettings(id=partition, agents=agents, worker=worker)]
@@ -279,15 +297,37 @@ def bench_graph(
         int, typer.Option(help="Depth of the nested fork-join (3·2^D - 2 tasks).")
     ] = 10,
     agents: AgentsOption = 2,
+    sdk: Annotated[
+        bool, typer.Option("--sdk", help="The same graph written with the Pythonic SDK.")
+    ] = False,
     database: DatabaseOption = None,
     queue: QueueOption = None,
     objects: ObjectsOption = None,
 ) -> None:
-    """Graph: nested fork-join built by delegation, with the official Python worker."""
-    from pyarmonik.bench.run import graph
+    """Graph: nested fork-join built by delegation, with the official Python worker (or,
+    with --sdk, written with the Pythonic SDK and run by its function worker)."""
+    from pyarmonik.bench.run import graph, sdk_graph
 
     extra, names = _backend_args(database, queue, objects)
-    for line in graph(depth, agents, extra, names).lines():
+    for line in (sdk_graph if sdk else graph)(depth, agents, extra, names).lines():
+        typer.echo(line)
+
+
+@bench_app.command("fib")
+def bench_fib(
+    n: Annotated[
+        int, typer.Option("--n", help="fib(n) by delegation (fib(20): 32,836 tasks).")
+    ] = 20,
+    agents: AgentsOption = 2,
+    database: DatabaseOption = None,
+    queue: QueueOption = None,
+    objects: ObjectsOption = None,
+) -> None:
+    """Recursive Fibonacci with the Pythonic SDK, every call a task, by delegation."""
+    from pyarmonik.bench.run import sdk_fib
+
+    extra, names = _backend_args(database, queue, objects)
+    for line in sdk_fib(n, agents, extra, names).lines():
         typer.echo(line)
 
 

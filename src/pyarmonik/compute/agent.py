@@ -27,12 +27,22 @@ from armonik.protogen.worker.agent_service_pb2_grpc import add_AgentServicer_to_
 from pyarmonik.compute.agent_api import AgentApi, TaskContext, write_blob
 from pyarmonik.compute.worker_process import WorkerProcess
 from pyarmonik.control.convert import options_to_message
-from pyarmonik.domain.errors import ArmoniKError, NotFound
+from pyarmonik.domain.errors import ArmoniKError, NotFound, Unavailable
 from pyarmonik.domain.records import Result, Session, Task
 from pyarmonik.domain.statuses import SessionStatus, TaskStatus
+from pyarmonik.observability.logging import bind
+from pyarmonik.observability.metrics import (
+    AGENT_STAGE_SECONDS,
+    AGENT_TASKS,
+    BACKEND_ERRORS,
+    CONTENT_TYPE,
+    WORKER_RESTARTS,
+    exposition,
+)
 from pyarmonik.scheduling.backends import Backends, now
 from pyarmonik.scheduling.processing import TaskOutcome, TaskProcessing, Verdict
-from pyarmonik.storage.queue import QueueMessage
+from pyarmonik.storage.database import Repository
+from pyarmonik.storage.queue import QueueMessage, TransactionalQueue
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +63,9 @@ class AgentSettings:
     prepared_timeout: float = 10.0
     data_chunk_max_size: int = 2 * 1024 * 1024
     worker_socket: Path | None = None  # an external worker's socket (no command)
+    # Post-processing is retried this long while a backend is down; then the message is
+    # given back and the task recovered (retried) by the next acquisition.
+    post_retry_for: float = 120.0
 
 
 @dataclass
@@ -98,6 +111,10 @@ class Agent:
         self.completed = 0
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
+        queue = backends.queue
+        self._acks_in_transaction = isinstance(queue, TransactionalQueue) and queue.shares(
+            backends.database
+        )
         self._http: web.AppRunner | None = None
         self._api_server: grpc.aio.Server | None = None
         self._client: aiohttp.ClientSession | None = None
@@ -123,6 +140,7 @@ class Agent:
         """Process tasks until `stop` is set, then stop gracefully: the task running is
         finished, the one prefetched is given back."""
         await self.start()
+        bind(partition=self.settings.partition_id, agent=self.owner_id)
         stages = [
             asyncio.create_task(self._fetch_loop(), name="fetch"),
             asyncio.create_task(self._run_loop(), name="run"),
@@ -157,6 +175,7 @@ class Agent:
         app.router.add_get("/liveness", self._liveness)
         app.router.add_get("/readiness", self._liveness)
         app.router.add_get("/taskprocessing", self._task_processing)
+        app.router.add_get("/metrics", self._metrics)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
         site = web.TCPSite(self._http, self.settings.host, self.settings.http_port)
@@ -166,6 +185,9 @@ class Agent:
 
     async def _liveness(self, request: web.Request) -> web.Response:
         return web.Response(text="ok" if not self._stopping.is_set() else "stopping")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     async def _task_processing(self, request: web.Request) -> web.Response:
         return web.Response(text=",".join(self.held))
@@ -197,6 +219,7 @@ class Agent:
                         self.settings.partition_id, 1, self.settings.lease
                     )
                 except Exception:
+                    BACKEND_ERRORS.labels("queue.pull").inc()
                     log.exception("pulling from the queue failed; retrying")
                     messages = []
                     idle = 1.0
@@ -207,7 +230,13 @@ class Agent:
                     continue
                 idle = 0.01
                 for message in messages:
-                    held = await self._acquire(message)
+                    try:
+                        held = await self._acquire(message)
+                    except Exception:  # a backend down: the message comes back, we go on
+                        BACKEND_ERRORS.labels("acquire").inc()
+                        log.exception("handling the message of task %s failed", message.task_id)
+                        await self._release_quietly(message)
+                        continue
                     if held is not None:
                         held.prepared_at = now()
                         self.prepared.put_nowait(held)
@@ -259,16 +288,18 @@ class Agent:
         try:
             await self._prefetch(held)
         except NotFound as error:
-            await self._finish(Ended(held, "error", f"Missing input data: {error}"))
+            await self._post_process(Ended(held, "error", f"Missing input data: {error}"))
             return None
         except Exception as error:
             log.exception("prefetching task %s failed", held.task.task_id)
-            await self._finish(Ended(held, "crash", f"Agent failed to fetch inputs: {error!r}"))
+            await self._post_process(
+                Ended(held, "crash", f"Agent failed to fetch inputs: {error!r}")
+            )
             return None
         return held
 
     async def _prefetch(self, held: Held) -> None:
-        held.folder.mkdir(parents=True)
+        await asyncio.to_thread(held.folder.mkdir, parents=True)
         needed = list(dict.fromkeys(held.task.dependencies))
         async with self.backends.database.read() as repository:
             found = {r.result_id: r for r in await repository.find(Result, {"result_id": needed})}
@@ -314,6 +345,7 @@ class Agent:
 
     async def _execute(self, held: Held) -> Ended:
         assert self.processing is not None and self.worker.stub is not None
+        bind(session_id=held.task.session_id, task_id=held.task.task_id)
         if self.worker.exited:
             await self._recover_worker("worker exited")
         started = await self.processing.start(held.task, held.fetched_at)
@@ -350,6 +382,7 @@ class Agent:
         pause = 1.0
         while not self._stopping.is_set():
             try:
+                WORKER_RESTARTS.labels(self.settings.partition_id).inc()
                 await self.worker.restart(reason)
                 return
             except Exception:
@@ -386,7 +419,12 @@ class Agent:
         assert self.processing is not None
         while True:
             await asyncio.sleep(self.settings.cancel_poll)
-            status = await self.processing.status_of(task_id)
+            try:
+                status = await self.processing.status_of(task_id)
+            except Exception as error:  # unknown is not cancelled: the task goes on
+                BACKEND_ERRORS.labels("cancel_poll").inc()
+                log.warning("checking whether task %s is cancelled failed: %r", task_id, error)
+                continue
             if (
                 status is None
                 or status[0] in CANCEL_STATUSES
@@ -398,29 +436,68 @@ class Agent:
 
     async def _post_loop(self) -> None:
         while (ended := await self.ended.get()) is not None:
+            await self._post_process(ended)
+
+    async def _post_process(self, ended: Ended) -> None:
+        """`_finish`, retried with backoff while a backend is down (the worker's work is not
+        thrown away for an outage); never raises. After `post_retry_for` seconds the message
+        is given back: the next acquisition finds the task still ours but no longer held,
+        and retries it (processing.acquire → _recover)."""
+        task_id = ended.held.task.task_id
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.post_retry_for
+        pause, attempt = 0.2, 0
+        while True:
             try:
+                if attempt and ended.kind == "ok" and await self._committed(ended.held):
+                    # The commit went through but what followed failed (or its reply was
+                    # lost): completing again would find the task not ours and undo nothing
+                    # but its outputs' data. Only the ack is left to do.
+                    await self.backends.queue.ack([ended.held.message])
+                    self.completed += 1
+                    self._forget(ended.held)
+                    return
                 await self._finish(ended)
-            except Exception:
-                log.exception("post-processing of task %s failed", ended.held.task.task_id)
-                # The message is not acked: it comes back and the next acquisition sees a
-                # PROCESSING task whose owner no longer holds it, and retries it.
-                self._forget(ended.held)
+                return
+            except Exception as error:
+                BACKEND_ERRORS.labels("post_process").inc()
+                if loop.time() + pause > deadline:
+                    log.exception("post-processing of task %s failed; giving it back", task_id)
+                    self._forget(ended.held)
+                    await self._release_quietly(ended.held.message)
+                    return
+                log.warning(
+                    "post-processing of task %s failed (%r); retrying in %.1fs",
+                    task_id,
+                    error,
+                    pause,
+                )
+            await asyncio.sleep(pause)
+            pause, attempt = min(pause * 2, 5.0), attempt + 1
+
+    async def _committed(self, held: Held) -> bool:
+        """Whether our completion of this task is already in the database."""
+        assert self.processing is not None
+        status = await self.processing.status_of(held.task.task_id)
+        return status is not None and status[0] == TaskStatus.COMPLETED
+
+    async def _release_quietly(self, message: QueueMessage) -> None:
+        """Make a message visible again, best effort: if this fails too, the queue gives it
+        back anyway (RabbitMQ when our connection is lost, the table queue when the lease we
+        no longer renew runs out)."""
+        try:
+            await self.backends.queue.release([message])
+        except Exception as error:
+            log.warning("giving back the message of task %s failed: %r", message.task_id, error)
 
     async def _finish(self, ended: Ended) -> None:
         assert self.processing is not None
         held, task = ended.held, ended.held.task
+        bind(session_id=task.session_id, task_id=task.task_id)
         outcome = ended.outcome or TaskOutcome()
         committed = False
         if ended.kind == "ok":
-            try:
-                committed = await self.processing.complete(task, outcome, ended.processed_at)
-            except ArmoniKError as error:  # e.g. a subtask refers to a result that is gone
-                await self.processing.fail(task, f"Post-processing failed: {error}", retry=False)
-            else:
-                if committed:
-                    self.completed += 1
-                else:
-                    await self.processing.cancelled(task)
+            committed = await self._complete(held, outcome, ended.processed_at)
         elif ended.kind == "error":
             await self.processing.fail(task, ended.detail, retry=False)
         elif ended.kind == "timeout":
@@ -431,12 +508,51 @@ class Agent:
             await self.processing.cancelled(task)
         if not committed and outcome.stored:
             await self.backends.objects.delete([s.opaque_id for s in outcome.stored])
-        await self.backends.queue.ack([held.message])
+        if not (committed and self._acks_in_transaction):
+            await self.backends.queue.ack([held.message])
         self._forget(held)
+        self._observe(ended, "completed" if committed else ended.kind)
+
+    def _observe(self, ended: Ended, outcome: str) -> None:
+        partition, task = self.settings.partition_id, ended.held.task
+        AGENT_TASKS.labels(partition, outcome).inc()
+        stages = (
+            ("queue_wait", task.submitted_at, task.received_at),
+            ("prefetch", task.acquired_at, ended.held.fetched_at or None),
+            ("processing", task.started_at, ended.processed_at or None),
+            ("post_processing", ended.processed_at or None, now()),
+        )
+        for stage, begin, end in stages:
+            if begin is not None and end is not None:
+                AGENT_STAGE_SECONDS.labels(partition, stage).observe(max(end - begin, 0.0))
+
+    async def _complete(self, held: Held, outcome: TaskOutcome, processed_at: float) -> bool:
+        """Commit a success (with the message's ack when the queue lives in the database)."""
+        assert self.processing is not None
+        queue = self.backends.queue
+
+        async def ack(repository: Repository) -> None:
+            assert isinstance(queue, TransactionalQueue)
+            await queue.ack_within(repository, [held.message])
+
+        try:
+            committed = await self.processing.complete(
+                held.task, outcome, processed_at, within=ack if self._acks_in_transaction else None
+            )
+        except Unavailable:
+            raise  # a backend is down: not the task's fault, post-processing is retried
+        except ArmoniKError as error:  # e.g. a subtask refers to a result that is gone
+            await self.processing.fail(held.task, f"Post-processing failed: {error}", retry=False)
+            return False
+        if not committed:
+            await self.processing.cancelled(held.task)
+            return False
+        self.completed += 1
+        return True
 
     def _forget(self, held: Held) -> None:
         self.held.pop(held.task.task_id, None)
-        shutil.rmtree(held.folder, ignore_errors=True)
+        asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, held.folder, True)
 
     async def _keep_leases(self) -> None:
         while True:

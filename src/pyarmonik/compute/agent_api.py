@@ -8,9 +8,6 @@ database transaction.
 
 from __future__ import annotations
 
-import asyncio
-import os
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +24,8 @@ from pyarmonik.domain.statuses import ResultStatus
 from pyarmonik.scheduling.backends import Backends, now
 from pyarmonik.scheduling.processing import StoredResult, TaskOutcome
 from pyarmonik.scheduling.tasks import TaskCreation, plan_tasks
-from pyarmonik.storage.objects import CHUNK_SIZE, single_chunk
+from pyarmonik.storage.objects import single_chunk
+from pyarmonik.storage.objects.files import read_chunks, write_atomically
 
 
 @dataclass
@@ -42,15 +40,6 @@ class TaskContext:
 
     def created_ids(self) -> set[str]:
         return {r.result_id for r in self.outcome.created}
-
-
-async def file_chunks(path: Path) -> AsyncIterator[bytes]:
-    handle = await asyncio.to_thread(open, path, "rb")
-    try:
-        while chunk := await asyncio.to_thread(handle.read, CHUNK_SIZE):
-            yield chunk
-    finally:
-        handle.close()
 
 
 class AgentApi(AgentServicer):  # type: ignore[misc]
@@ -126,10 +115,14 @@ class AgentApi(AgentServicer):  # type: ignore[misc]
                 f"Results {', '.join(unknown)} are neither outputs of the task nor created by it"
             )
         for result_id in ids:
-            path = task.folder / result_id
-            if not path.is_file():
-                raise NotFound(f"No data file for result {result_id} in the task's data folder")
-            opaque_id, size = await self.backends.objects.put(file_chunks(path))
+            try:
+                opaque_id, size = await self.backends.objects.put(
+                    read_chunks(task.folder / result_id)
+                )
+            except FileNotFoundError:
+                raise NotFound(
+                    f"No data file for result {result_id} in the task's data folder"
+                ) from None
             task.outcome.stored.append(StoredResult(result_id, opaque_id, size))
         return pb.NotifyResultDataResponse(result_ids=ids)
 
@@ -197,12 +190,5 @@ class AgentApi(AgentServicer):  # type: ignore[misc]
 
 
 async def write_blob(backends: Backends, opaque_id: bytes, path: Path) -> None:
-    """Copy a blob into a file, atomically (temporary name, then rename)."""
-    temporary = path.with_name(f".{path.name}.part")
-    handle = await asyncio.to_thread(open, temporary, "wb")
-    try:
-        async for chunk in backends.objects.get(opaque_id):
-            await asyncio.to_thread(handle.write, chunk)
-    finally:
-        handle.close()
-    await asyncio.to_thread(os.replace, temporary, path)
+    """Copy a blob into a file, atomically."""
+    await write_atomically(path, backends.objects.get(opaque_id))

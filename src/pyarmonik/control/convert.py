@@ -36,18 +36,27 @@ TASK_DURATIONS = (
 )
 
 
+def _microseconds(seconds: float) -> tuple[int, int]:
+    """(whole seconds, nanos) of `seconds` rounded to the microsecond, the precision times are
+    stored at (storage/database/sql.py); rounding the float itself carries into the seconds."""
+    whole, micros = divmod(round(seconds * 1_000_000), 1_000_000)
+    return whole, micros * 1000
+
+
 def timestamp(seconds: float | None) -> Timestamp | None:
     if seconds is None:
         return None
-    whole = int(seconds // 1)
-    return Timestamp(seconds=whole, nanos=int(round((seconds - whole) * 1e9)) % 1_000_000_000)
+    whole, nanos = _microseconds(seconds)
+    return Timestamp(seconds=whole, nanos=nanos)
 
 
 def duration(seconds: float | None) -> Duration | None:
     if seconds is None:
         return None
-    whole = int(seconds // 1)
-    return Duration(seconds=whole, nanos=int(round((seconds - whole) * 1e9)) % 1_000_000_000)
+    # A Duration's seconds and nanos carry the same sign.
+    whole, nanos = _microseconds(abs(seconds))
+    sign = -1 if seconds < 0 else 1
+    return Duration(seconds=sign * whole, nanos=sign * nanos)
 
 
 def seconds_of(value: Timestamp | Duration) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -18,6 +19,7 @@ from pyarmonik.domain.errors import (
     PermissionDenied,
     Unavailable,
 )
+from pyarmonik.observability.metrics import RPC_SECONDS, RPCS
 
 log = logging.getLogger(__name__)
 
@@ -50,29 +52,58 @@ def rpc(method: F) -> F:
         log.exception("rpc %s failed", method.__qualname__, exc_info=error)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {error!r}")
 
+    name = method.__name__
+    seconds = RPC_SECONDS.labels(name)
+
+    def count(code: grpc.StatusCode) -> None:
+        RPCS.labels(name, code.name).inc()
+
     if inspect.isasyncgenfunction(method):
 
         @functools.wraps(method)
         async def stream(
             self: Any, request: Any, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
             try:
                 async for reply in method(self, request, context):
                     yield reply
-            except (grpc.aio.AbortError, GeneratorExit):
+            except GeneratorExit:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             except Exception as error:
+                code = (
+                    status_code(error)
+                    if isinstance(error, ArmoniKError)
+                    else grpc.StatusCode.INTERNAL
+                )
                 await fail(context, error)
+            finally:
+                count(code)
+                seconds.observe(time.perf_counter() - start)
 
         return stream  # type: ignore[return-value]
 
     @functools.wraps(method)
     async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
         try:
             return await method(self, request, context)
         except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
             raise
         except Exception as error:
+            code = (
+                status_code(error) if isinstance(error, ArmoniKError) else grpc.StatusCode.INTERNAL
+            )
             await fail(context, error)
+        finally:
+            count(code)
+            seconds.observe(time.perf_counter() - start)
 
     return unary  # type: ignore[return-value]

@@ -19,6 +19,7 @@ from armonik.protogen.client import (
 
 from pyarmonik.config import Settings
 from pyarmonik.control.events import Events
+from pyarmonik.control.http import HttpServer
 from pyarmonik.control.info import Applications, Authentication, HealthChecks, Partitions, Versions
 from pyarmonik.control.results import Results
 from pyarmonik.control.sessions import Sessions
@@ -50,6 +51,7 @@ class ControlPlane:
         self.feed = ChangeFeed(self.backends.database)
         self.server: grpc.aio.Server | None = None
         self.port = settings.port
+        self.http: HttpServer | None = None
 
     async def start(self) -> int:
         """Start the backends and serve; return the bound port (useful with port 0)."""
@@ -86,6 +88,10 @@ class ControlPlane:
             raise Unavailable(f"cannot listen on {address}: {error}") from error
         await server.start()
         self.server = server
+        if self.settings.http_port is not None:
+            self.http = HttpServer(self.backends, self.settings.host, self.settings.http_port)
+            http_port = await self.http.start()
+            log.info("metrics and health on http://%s:%s", self.settings.host, http_port)
         log.info("control plane listening on %s:%s", self.settings.host, self.port)
         return self.port
 
@@ -102,6 +108,9 @@ class ControlPlane:
             await self.server.wait_for_termination()
 
     async def stop(self, grace: float = 2.0) -> None:
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
         if self.server is not None:
             await self.server.stop(grace)
             self.server = None

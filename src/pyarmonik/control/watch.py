@@ -4,7 +4,8 @@ Each request adds `result_ids` to the watch. The server answers at once, for the
 whose current status is in `fetch_statuses`, one message per status (unknown ids are
 reported as NOTFOUND); then, whenever a watched result reaches a status in
 `watch_statuses`, it sends {status, [ids]}. Once the client has half-closed and no watched
-result can change any more (all COMPLETED, ABORTED or DELETED), the stream ends.
+result can change any more (all COMPLETED, ABORTED or DELETED), the stream ends, after every
+reply owed. An unknown status or an empty id is INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class _WatchState:
         # Ids whose first read is in flight -> statuses the feed announced meanwhile.
         self.loading: dict[str, list[int]] = {}
         self.replies: asyncio.Queue[tuple[int, list[str]] | None] = asyncio.Queue()
-        self.closed = False
+        self.closed = False  # the client half-closed: no request will come
+        self.failure: Exception | None = None
 
     def send(self, by_status: dict[int, list[str]]) -> None:
         for status, group in by_status.items():
@@ -113,50 +115,48 @@ class ResultWatcher:
         state = _WatchState()
 
         async def read_requests() -> None:
-            async for request in requests:
-                fetch = _statuses(request.fetch_statuses)
-                watch = _statuses(request.watch_statuses)
-                ids = list(dict.fromkeys(request.result_ids))
-                if not all(ids):
-                    raise InvalidArgument("result ids must not be empty")
-                new = set(state.start_loading(ids))
-                async with self.database.read() as repository:
-                    found = {
-                        r.result_id: int(r.status)
-                        for r in await repository.find(Result, {"result_id": ids})
-                    }
-                state.loaded(ids, new, found, fetch, watch)
-            state.closed = True
+            try:
+                async for request in requests:
+                    fetch = _statuses(request.fetch_statuses)
+                    watch = _statuses(request.watch_statuses)
+                    ids = list(dict.fromkeys(request.result_ids))
+                    if not all(ids):
+                        raise InvalidArgument("result ids must not be empty")
+                    new = set(state.start_loading(ids))
+                    async with self.database.read() as repository:
+                        found = {
+                            r.result_id: int(r.status)
+                            for r in await repository.find(Result, {"result_id": ids})
+                        }
+                    state.loaded(ids, new, found, fetch, watch)
+                state.closed = True
+            except Exception as error:  # reported to the client by the writer below
+                state.failure = error
             state.replies.put_nowait(None)  # wake the writer: it may be finished
 
         async def follow_changes() -> None:
-            async for batch in subscription.batches():
-                by_status: dict[int, list[str]] = {}
-                for change in batch:
-                    if change.kind is ChangeKind.RESULT_STATUS:
-                        state.changed(change.entity_id, change.status, by_status)
-                state.send(by_status)
+            try:
+                async for batch in subscription.batches():
+                    by_status: dict[int, list[str]] = {}
+                    for change in batch:
+                        if change.kind is ChangeKind.RESULT_STATUS:
+                            state.changed(change.entity_id, change.status, by_status)
+                    state.send(by_status)
+                    state.replies.put_nowait(None)
+            except Exception as error:
+                state.failure = error
                 state.replies.put_nowait(None)
 
+        # The two readers only talk to this writer through the replies queue, where None
+        # means "look at the state": finished, or failed.
         workers = [asyncio.create_task(read_requests()), asyncio.create_task(follow_changes())]
-        running = set(workers)
         try:
             while not state.finished():
-                getter = asyncio.create_task(state.replies.get())
-                done, _ = await asyncio.wait(
-                    [getter, *running], return_when=asyncio.FIRST_COMPLETED
-                )
-                for worker in done & running:
-                    running.discard(worker)
-                    if worker.exception() is not None:
-                        getter.cancel()
-                        raise worker.exception()  # type: ignore[misc]
-                if getter in done:
-                    reply = getter.result()
-                    if reply is not None:
-                        yield reply
-                else:
-                    getter.cancel()
+                reply = await state.replies.get()
+                if reply is not None:
+                    yield reply
+                elif state.failure is not None:
+                    raise state.failure
             # Finished: the replies still queued are owed to the client all the same.
             while not state.replies.empty():
                 reply = state.replies.get_nowait()

@@ -99,8 +99,12 @@ class ChangeFeed:
         """Register a subscriber; its `after` is the log position its snapshot must follow."""
         subscription = Subscription(self, session_id)
         self._subscribers.add(subscription)
-        async with self.database.read() as repository:
-            subscription.after = await repository.last_change()
+        try:
+            async with self.database.read() as repository:
+                subscription.after = await repository.last_change()
+        except BaseException:  # e.g. the database is down: no subscriber left behind
+            subscription.close()
+            raise
         return subscription
 
     async def _tail(self) -> None:
@@ -117,7 +121,11 @@ class ChangeFeed:
     async def _read_new(self) -> None:
         async with self.database.read() as repository:
             if not self._subscribers:
-                self._cursor = await repository.last_change()
+                last = await repository.last_change()
+                # Skip what nobody listens to, unless someone subscribed during the read: its
+                # position may be below `last` (another connection), so keep the cursor.
+                if not self._subscribers:
+                    self._cursor = last
                 return
             while True:
                 rows = await repository.changes_after(self._cursor)

@@ -219,8 +219,15 @@ class TaskProcessing:
 
     # -- ending ------------------------------------------------------------------------------
 
-    async def complete(self, task: Task, outcome: TaskOutcome, processed_at: float) -> bool:
-        """Commit a success; False when the task is no longer ours to complete."""
+    async def complete(
+        self,
+        task: Task,
+        outcome: TaskOutcome,
+        processed_at: float,
+        within: Callable[[Repository], Awaitable[None]] | None = None,
+    ) -> bool:
+        """Commit a success; False when the task is no longer ours to complete. `within` runs
+        inside the same transaction (the queue acks there when it lives in the database)."""
         stamp = now()
         ready: list[ReadyTask] = []
         try:
@@ -245,24 +252,28 @@ class TaskProcessing:
                 ready += await resolve(repository, session, completed)
                 # Outputs neither produced nor handed over would stay CREATED forever and
                 # their readers would wait forever: abort them instead (ArmoniK only logs).
-                forgotten = [
-                    r.result_id
-                    for r in await repository.find(
-                        Result,
-                        {
-                            "result_id": task.expected_output_ids,
-                            "owner_task_id": task.task_id,
-                            "status": ResultStatus.CREATED,
-                        },
-                    )
-                ]
-                if forgotten:
-                    await terminate(
-                        repository,
-                        [task.task_id],
-                        forgotten,
-                        f"Task {task.task_id} did not produce these outputs",
-                    )
+                handled = {r.result_id for r in outcome.stored} | {
+                    out for sub in outcome.subtasks for out in sub.expected_output_ids
+                }
+                if not handled.issuperset(task.expected_output_ids):
+                    forgotten = [
+                        r.result_id
+                        for r in await repository.find(
+                            Result,
+                            {
+                                "result_id": task.expected_output_ids,
+                                "owner_task_id": task.task_id,
+                                "status": ResultStatus.CREATED,
+                            },
+                        )
+                    ]
+                    if forgotten:
+                        await terminate(
+                            repository,
+                            [task.task_id],
+                            forgotten,
+                            f"Task {task.task_id} did not produce these outputs",
+                        )
                 done = await repository.update(
                     Task,
                     {
@@ -274,6 +285,8 @@ class TaskProcessing:
                 )
                 if not done:
                     raise _NotOurs
+                if within is not None:
+                    await within(repository)
         except _NotOurs:
             return False
         await push_ready(self.backends.queue, ready)

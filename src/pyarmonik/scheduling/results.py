@@ -31,6 +31,20 @@ async def load_results(
     return [found[i] for i in result_ids]
 
 
+# The longest key an object store accepts (S3's limit).
+MAX_OPAQUE_ID = 1024
+
+
+def check_opaque_ids(opaque_ids: list[bytes]) -> None:
+    """Refuse opaque ids that no adapter can have made: every adapter names its blobs with
+    printable ASCII. (Adapters could fail on such keys, and that is no server error.)"""
+    for opaque_id in opaque_ids:
+        if not opaque_id or len(opaque_id) > MAX_OPAQUE_ID:
+            raise InvalidArgument(f"opaque ids must hold 1 to {MAX_OPAQUE_ID} bytes")
+        if not all(0x20 < byte < 0x7F for byte in opaque_id):
+            raise InvalidArgument(f"opaque id {opaque_id!r} is not printable ASCII")
+
+
 class ResultService:
     def __init__(self, backends: Backends, data_chunk_max_size: int):
         self.backends = backends
@@ -161,6 +175,7 @@ class ResultService:
                 f"Results not in status CREATED: {', '.join(not_created[:10])}"
             )
         opaque_ids = [opaque for _, opaque in pairs]
+        check_opaque_ids(opaque_ids)
         sizes = await self.backends.objects.sizes(opaque_ids)
         absent = [
             o.decode(errors="replace") for o, n in zip(opaque_ids, sizes, strict=True) if n is None

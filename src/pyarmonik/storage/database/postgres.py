@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -26,11 +27,14 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+from asyncpg.transaction import Transaction
 
 from pyarmonik.domain.errors import Unavailable
 from pyarmonik.domain.filters import POSTGRES_DIALECT
 from pyarmonik.domain.records import Row
 from pyarmonik.storage.database.sql import Repository
+
+log = logging.getLogger(__name__)
 
 CHANNEL = "pyarmonik_changes"
 
@@ -196,6 +200,14 @@ MIGRATIONS: list[str] = [_TABLES + _LOG_FUNCTIONS + _LOG_TRIGGERS]
 
 # What a connection attempt raises when the server is down, unknown, or refuses us.
 _UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# What using a pooled connection raises while the server restarts: it is gone (shut down,
+# crashed, network), or not accepting connections yet ("the database system is starting up").
+_LOST = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.InterfaceError,
+)
 
 _PLACEHOLDER = re.compile(r"'[^']*'|\"[^\"]*\"|\?")
 
@@ -281,6 +293,11 @@ class PostgresDatabase:
     `url` is a libpq-style URL; its query may name a PostgreSQL schema (`?schema=NAME`,
     overridden by the `schema` argument), created when missing and put first on the
     search_path of every connection, so that deployments or tests can share one database.
+
+    A server that restarts is waited for: a repository is handed out once a connection works
+    (acquired and, for writes, its transaction begun), retried for up to `reconnect_for`
+    seconds, after which Unavailable is raised. A connection lost in the middle of a
+    transaction raises asyncpg's error to the caller, who retries the whole transaction.
     """
 
     dialect = POSTGRES_DIALECT
@@ -293,6 +310,7 @@ class PostgresDatabase:
         max_size: int = 10,
         schema: str | None = None,
         connect_timeout: float = 10.0,
+        reconnect_for: float = 60.0,
     ):
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
@@ -306,6 +324,7 @@ class PostgresDatabase:
         self.min_size = min_size
         self.max_size = max_size
         self.connect_timeout = connect_timeout
+        self.reconnect_for = reconnect_for
         self._server_settings: dict[str, str] = {}
         if not any(key == "application_name" for key, _ in query):
             self._server_settings["application_name"] = "pyarmonik"
@@ -406,16 +425,71 @@ class PostgresDatabase:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Repository]:
-        async with self._started().acquire() as connection:
+        pool = self._started()
+        connection, _ = await self._connect(pool, begin=False)
+        try:
             yield Repository(_Connection(connection), self.dialect)
+        finally:
+            await pool.release(connection)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Repository]:
-        async with (
-            self._started().acquire() as connection,
-            connection.transaction(isolation="read_committed"),
-        ):
-            yield Repository(_Connection(connection), self.dialect, lock_suffix=" FOR SHARE")
+        pool = self._started()
+        connection, transaction = await self._connect(pool, begin=True)
+        assert transaction is not None
+        try:
+            try:
+                yield Repository(_Connection(connection), self.dialect, lock_suffix=" FOR SHARE")
+            except BaseException:
+                # A lost connection cannot roll back (the server did); the error that ended
+                # the transaction is the one to report.
+                with contextlib.suppress(Exception):
+                    await transaction.rollback()
+                raise
+            await transaction.commit()
+        finally:
+            await pool.release(connection)
+
+    async def _connect(
+        self, pool: asyncpg.Pool, begin: bool
+    ) -> tuple[asyncpg.Connection, Transaction | None]:
+        """A pooled connection that works (with its transaction begun, when `begin`). A server
+        restarting (refusing connections, or the pool's connections killed by its shutdown)
+        is waited for, up to `reconnect_for` seconds: nothing was sent yet, so retrying is
+        safe."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconnect_for
+        pause = 0.05
+        while True:
+            connection: asyncpg.Connection | None = None
+            try:
+                connection = await pool.acquire()
+                if not begin:
+                    return connection, None
+                transaction = connection.transaction(isolation="read_committed")
+                await transaction.start()
+                return connection, transaction
+            except _LOST as error:
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        await pool.release(connection)
+                if loop.time() + pause > deadline:
+                    raise Unavailable(
+                        f"PostgreSQL at {redact(self.url)} is unavailable: {error!r}"
+                    ) from error
+                log.warning(
+                    "PostgreSQL at %s is unavailable (%r); retrying in %.2fs",
+                    redact(self.url),
+                    error,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+            except BaseException:  # cancelled meanwhile: the connection goes back
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        await pool.release(connection)
+                raise
 
     async def check_health(self) -> None:
         async with self._started().acquire() as connection:

@@ -10,6 +10,7 @@ import json
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar, cast
 
+from pyarmonik.domain.errors import InvalidArgument
 from pyarmonik.domain.filters import MATCH_ALL, Filter, ListQuery, SqlDialect, order_by_sql, to_sql
 from pyarmonik.domain.records import Application, Partition, Result, Row, Session, Task
 
@@ -27,6 +28,30 @@ JSON_COLUMNS = frozenset(
         "retry_of_ids",
         "parent_partition_ids",
         "pod_configuration",
+    }
+)
+# Times (seconds since the epoch) and durations (seconds), as floats.
+TIME_COLUMNS = frozenset(
+    {
+        "created_at",
+        "submitted_at",
+        "received_at",
+        "acquired_at",
+        "fetched_at",
+        "started_at",
+        "processed_at",
+        "ended_at",
+        "pod_ttl",
+        "cancelled_at",
+        "closed_at",
+        "purged_at",
+        "deleted_at",
+        "completed_at",
+        "duration",
+        "creation_to_end_duration",
+        "processing_to_end_duration",
+        "received_to_end_duration",
+        "opt_max_duration",
     }
 )
 # Stay well below SQLite's limit on bound parameters.
@@ -50,9 +75,28 @@ def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
+def _has_nul(value: Any) -> bool:
+    """Whether text, or the text inside a list or map (JSON columns), holds NUL."""
+    if isinstance(value, str):
+        return "\0" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
 def _encode(column: str, value: Any) -> Any:
+    """A value as stored; text holding NUL is refused (PostgreSQL cannot store it, so no
+    backend does: the same request gets the same answer everywhere)."""
+    if _has_nul(value):
+        raise InvalidArgument(f"{column}: text must not contain NUL characters")
     if column in JSON_COLUMNS:
         return json.dumps(value)
+    if column in TIME_COLUMNS and isinstance(value, float):
+        # Microseconds are all a client keeps (datetime, timedelta): stored at that precision,
+        # a time read from the API and sent back in a filter (`created_at <= t`) matches itself.
+        return round(value, 6)
     return value
 
 
@@ -77,16 +121,27 @@ def where_sql(where: Where) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
     for column, value in where.items():
+        # Text holding NUL is never stored (see _encode): such a value matches nothing.
         if _is_many(value):
-            values = list(value)
+            values = [v for v in value if not _has_nul(v)]
             if not values:
                 return "1=0", []
             clauses.append(f"{column} IN ({','.join('?' * len(values))})")
             params.extend(values)
         else:
+            if _has_nul(value):
+                return "1=0", []
             clauses.append(f"{column} = ?")
             params.append(_encode(column, value))
     return (" AND ".join(clauses) or "1=1"), params
+
+
+def _filter_sql(where: Filter, dialect: SqlDialect) -> tuple[str, list[Any]]:
+    """`to_sql`, refusing values holding NUL (PostgreSQL cannot compare them)."""
+    sql, params = to_sql(where, dialect)
+    if any(_has_nul(param) for param in params):
+        raise InvalidArgument("filter values must not contain NUL characters")
+    return sql, params
 
 
 class Repository:
@@ -189,7 +244,9 @@ class Repository:
         """One page of records matching `query.filter` AND `scope`, and the total count."""
         from pyarmonik.domain.filters import and_filters
 
-        sql, params = to_sql(and_filters(query.filter, scope), self.dialect)
+        sql, params = _filter_sql(and_filters(query.filter, scope), self.dialect)
+        if query.sort is not None and "\0" in query.sort.key:
+            raise InvalidArgument("sort: an option key must not contain NUL characters")
         total_rows = await self.connection.fetch(
             f"SELECT COUNT(*) AS n FROM {kind.TABLE} WHERE {sql}", params
         )
@@ -206,11 +263,19 @@ class Repository:
         return _records(kind, rows), total  # type: ignore[misc]
 
     async def count_tasks_by_status(self, task_filter: Filter) -> dict[int, int]:
-        sql, params = to_sql(task_filter, self.dialect)
+        sql, params = _filter_sql(task_filter, self.dialect)
         rows = await self.connection.fetch(
             f"SELECT status, COUNT(*) AS n FROM tasks WHERE {sql} GROUP BY status", params
         )
         return {int(row["status"]): int(row["n"]) for row in rows}
+
+    async def count_tasks_by_partition_status(self) -> list[tuple[str, int, int]]:
+        """(partition, status, count) over every task (metrics)."""
+        rows = await self.connection.fetch(
+            "SELECT opt_partition_id AS p, status, COUNT(*) AS n FROM tasks "
+            "GROUP BY opt_partition_id, status"
+        )
+        return [(row["p"] or "", int(row["status"]), int(row["n"])) for row in rows]
 
     async def list_applications(
         self, query: ListQuery, sorts: Sequence[Any]
@@ -220,7 +285,7 @@ class Repository:
             "opt_application_name, opt_application_version, "
             "opt_application_namespace, opt_application_service"
         )
-        sql, params = to_sql(query.filter, self.dialect)
+        sql, params = _filter_sql(query.filter, self.dialect)
         distinct = f"SELECT DISTINCT {columns} FROM tasks WHERE {sql}"
         total_rows = await self.connection.fetch(
             f"SELECT COUNT(*) AS n FROM ({distinct}) AS apps", params
@@ -294,9 +359,23 @@ class Repository:
         return sorted(found)
 
     async def without_dependencies(self, task_ids: Sequence[str]) -> list[str]:
-        """Of these tasks, those that wait for nothing any more."""
+        """Of these tasks, those that wait for nothing any more.
+
+        Two transactions removing a task's last two dependencies at once would each still
+        see the other's (uncommitted) one and neither would release the task. Where writers
+        run concurrently (PostgreSQL: `lock_suffix` is set), the tasks' rows are locked first,
+        in one order: the second transaction waits for the first to commit, then its next
+        statement sees that commit."""
+        ids = sorted(set(task_ids))
+        if self.lock_suffix:
+            for part in chunks(ids):
+                await self.connection.fetch(
+                    f"SELECT task_id FROM tasks WHERE task_id IN ({','.join('?' * len(part))}) "
+                    "ORDER BY task_id FOR UPDATE",
+                    list(part),
+                )
         ready: list[str] = []
-        for part in chunks(list(task_ids)):
+        for part in chunks(ids):
             rows = await self.connection.fetch(
                 f"SELECT task_id FROM tasks t WHERE task_id IN ({','.join('?' * len(part))}) "
                 "AND NOT EXISTS (SELECT 1 FROM task_dependencies d WHERE d.task_id = t.task_id)",

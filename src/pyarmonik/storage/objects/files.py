@@ -8,8 +8,69 @@ import os
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
+from typing import BinaryIO
 
 from pyarmonik.storage.objects import CHUNK_SIZE, ObjectNotFound
+
+
+def _append(handle: BinaryIO | None, temporary: Path, pieces: list[bytes]) -> BinaryIO:
+    if handle is None:
+        handle = open(temporary, "wb")  # noqa: SIM115 - closed by _finish or _discard
+    handle.writelines(pieces)
+    return handle
+
+
+def _finish(handle: BinaryIO | None, temporary: Path, pieces: list[bytes], path: Path) -> None:
+    _append(handle, temporary, pieces).close()
+    os.replace(temporary, path)
+
+
+def _discard(handle: BinaryIO | None, temporary: Path) -> None:
+    if handle is not None:
+        handle.close()
+    temporary.unlink(missing_ok=True)
+
+
+def _open_read(path: Path) -> tuple[BinaryIO, bytes]:
+    handle = open(path, "rb")  # noqa: SIM115 - closed by read_chunks
+    return handle, handle.read(CHUNK_SIZE)
+
+
+async def write_atomically(path: Path, chunks: AsyncIterable[bytes]) -> int:
+    """Write a stream to `path` through a temporary file renamed at the end (a reader sees
+    the whole file or none). Data is written by CHUNK_SIZE batches: small data costs a single
+    trip to a thread."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    handle: BinaryIO | None = None
+    pending: list[bytes] = []
+    buffered = size = 0
+    try:
+        async for chunk in chunks:
+            pending.append(chunk)
+            buffered += len(chunk)
+            size += len(chunk)
+            if buffered >= CHUNK_SIZE:
+                handle = await asyncio.to_thread(_append, handle, temporary, pending)
+                pending, buffered = [], 0
+        await asyncio.to_thread(_finish, handle, temporary, pending, path)
+    except BaseException:
+        await asyncio.to_thread(_discard, handle, temporary)
+        raise
+    return size
+
+
+async def read_chunks(path: Path) -> AsyncIterator[bytes]:
+    """Stream a file in CHUNK_SIZE pieces; a small file costs a single trip to a thread.
+    Raises FileNotFoundError when absent."""
+    handle, chunk = await asyncio.to_thread(_open_read, path)
+    try:
+        while chunk:
+            yield chunk
+            if len(chunk) < CHUNK_SIZE:
+                break
+            chunk = await asyncio.to_thread(handle.read, CHUNK_SIZE)
+    finally:
+        handle.close()
 
 
 class FileStorage:
@@ -35,32 +96,20 @@ class FileStorage:
 
     async def put(self, chunks: AsyncIterable[bytes]) -> tuple[bytes, int]:
         opaque_id = uuid.uuid4().hex
-        temporary = self.root / f".{opaque_id}.tmp"
-        size = 0
-        handle = await asyncio.to_thread(open, temporary, "wb")
-        try:
-            async for chunk in chunks:
-                size += len(chunk)
-                await asyncio.to_thread(handle.write, chunk)
-        except BaseException:
-            handle.close()
-            temporary.unlink(missing_ok=True)
-            raise
-        await asyncio.to_thread(handle.close)
-        await asyncio.to_thread(os.replace, temporary, self.root / opaque_id)
+        size = await write_atomically(self.root / opaque_id, chunks)
         return opaque_id.encode(), size
 
     async def get(self, opaque_id: bytes) -> AsyncIterator[bytes]:
         path = self._path(opaque_id)
         try:
-            handle = await asyncio.to_thread(open, path, "rb")
+            chunks = read_chunks(path)
+            first = await anext(chunks, None)
         except FileNotFoundError:
             raise ObjectNotFound(f"object {opaque_id.decode(errors='replace')} not found") from None
-        try:
-            while chunk := await asyncio.to_thread(handle.read, CHUNK_SIZE):
+        if first is not None:
+            yield first
+            async for chunk in chunks:
                 yield chunk
-        finally:
-            handle.close()
 
     async def delete(self, opaque_ids: list[bytes]) -> None:
         def remove() -> None:

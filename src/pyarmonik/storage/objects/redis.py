@@ -25,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pyarmonik.domain.errors import Unavailable
 from pyarmonik.storage.objects import CHUNK_SIZE, ObjectNotFound
+from pyarmonik.storage.urls import pop_query
 
 # Idempotent (a retried call after a lost reply finds the header already there): persist every
 # chunk, refusing if one expired meanwhile, then make the blob visible by writing its header.
@@ -41,9 +42,11 @@ return 1
 class RedisStorage:
     """The ObjectStorage port on Redis; connection errors are retried with jittered backoff."""
 
-    def __init__(self, url: str, prefix: str = "pyarmonik:", *, upload_ttl: int = 24 * 3600):
-        self.url = url
-        self.prefix = prefix
+    def __init__(self, url: str, prefix: str | None = None, *, upload_ttl: int = 24 * 3600) -> None:
+        # `?prefix=TEXT` in the URL starts every key (deployments or tests sharing a server);
+        # the `prefix` argument wins over it, "pyarmonik:" is the default.
+        self.url, url_prefix = pop_query(url, "prefix")
+        self.prefix = prefix or url_prefix or "pyarmonik:"
         self.upload_ttl = upload_ttl
         self._client: aioredis.Redis | None = None
         self._commit: AsyncScript | None = None

@@ -7,7 +7,9 @@ lease expires (its consumer died); the scheduler makes every handler idempotent.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+from pyarmonik.storage.database import Repository
 
 
 @dataclass(frozen=True)
@@ -51,3 +53,15 @@ class Queue(Protocol):
     async def depth(self, partition_id: str) -> int:
         """Messages waiting on a partition (visible or not yet acked)."""
         ...
+
+
+@runtime_checkable
+class TransactionalQueue(Protocol):
+    """A queue kept in the database itself can ack inside a database transaction, so that a
+    task's completion and its message's removal commit together."""
+
+    def shares(self, database: object) -> bool:
+        """True when this queue lives in `database`."""
+        ...
+
+    async def ack_within(self, repository: Repository, messages: list[QueueMessage]) -> None: ...

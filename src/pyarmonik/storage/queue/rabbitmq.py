@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -44,6 +45,7 @@ from aio_pika.abc import (
 
 from pyarmonik.domain.errors import Unavailable
 from pyarmonik.storage.queue import QueueMessage
+from pyarmonik.storage.urls import pop_query
 
 log = logging.getLogger(__name__)
 
@@ -71,21 +73,26 @@ class RabbitQueue:
     def __init__(
         self,
         url: str,
-        prefix: str = "pyarmonik",
+        prefix: str | None = None,
         max_priority: int = 10,
         *,
         prefetch: int = 1,
         pull_wait: float = 0.2,
         consumer_timeout_ms: int | None = WEEK_MS,
+        reconnect_for: float = 60.0,
     ):
         if not 2 <= max_priority <= 256:
             raise ValueError("max_priority must be between 2 and 256")
-        self.url = url
-        self.prefix = prefix
+        # `?prefix=NAME` in the URL names the queues (deployments or tests sharing a broker);
+        # the `prefix` argument wins over it, "pyarmonik" is the default.
+        self.url, url_prefix = pop_query(url, "prefix")
+        self.prefix = prefix or url_prefix or "pyarmonik"
         self.max_priority = max_priority
         self.prefetch = max(1, prefetch)
         self.pull_wait = pull_wait
         self.consumer_timeout_ms = consumer_timeout_ms
+        # How long `push` waits for a lost connection to come back before it gives up.
+        self.reconnect_for = reconnect_for
         # Names of every queue this instance declared (tests and admin tools delete them).
         self.declared: set[str] = set()
         self._connection: AbstractRobustConnection | None = None
@@ -166,13 +173,40 @@ class RabbitQueue:
         return self._publisher
 
     async def push(self, partition_id: str, messages: list[tuple[str, int]]) -> None:
+        """Publish, waiting up to `reconnect_for` seconds for a lost connection to be back:
+        the tasks are already SUBMITTED in the database, a message not sent would leave them
+        there for good. Republishing a batch partly sent before is fine (at least once)."""
         if not messages:
             return
-        await self._queue(partition_id)
-        await self._publish(
-            self.queue_name(partition_id),
-            [(task_id.encode(), self.amqp_priority(priority)) for task_id, priority in messages],
-        )
+        bodies: list[tuple[bytes, int | None]] = [
+            (task_id.encode(), self.amqp_priority(priority)) for task_id, priority in messages
+        ]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconnect_for
+        pause = 0.1
+        while True:
+            try:
+                await self._queue(partition_id)
+                await self._publish(self.queue_name(partition_id), bodies)
+                return
+            except (
+                Unavailable,
+                aio_pika.exceptions.AMQPError,
+                ConnectionError,
+                RuntimeError,
+            ) as exc:
+                connection = self._connection
+                if connection is None or self._closing or loop.time() + pause > deadline:
+                    if isinstance(exc, Unavailable):
+                        raise
+                    raise Unavailable(f"publishing to {self._where} failed: {exc}") from exc
+                log.warning("publishing to %s failed (%s); retrying", self._where, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        connection.connected.wait(), max(deadline - loop.time(), 0.0)
+                    )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
     async def _publish(self, queue_name: str, messages: list[tuple[bytes, int | None]]) -> None:
         """Publish persistent messages in order; return once the broker confirmed them all."""

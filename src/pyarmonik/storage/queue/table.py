@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from pyarmonik.storage.database import Database
+from pyarmonik.storage.database import Database, Repository
 from pyarmonik.storage.database.sql import chunks
 from pyarmonik.storage.queue import QueueMessage
 
@@ -103,18 +103,27 @@ class TableQueue:
             )
         return int(rows[0]["n"])
 
+    def shares(self, database: object) -> bool:
+        return database is self.database
+
+    async def ack_within(self, repository: Repository, messages: list[QueueMessage]) -> None:
+        await self._apply(repository, messages, "DELETE FROM queue", [])
+
     async def _by_receipt(
         self, messages: list[QueueMessage], statement: str, params: list[Any]
     ) -> None:
+        if messages:
+            async with self.database.write() as repository:
+                await self._apply(repository, messages, statement, params)
+
+    @staticmethod
+    async def _apply(
+        repository: Repository, messages: list[QueueMessage], statement: str, params: list[Any]
+    ) -> None:
         """Apply a statement to the rows still held under these deliveries' receipts
         (a message whose lease expired and was pulled again is someone else's now)."""
-        if not messages:
-            return
         pairs = [message.receipt.split(":", 1) for message in messages]
-        async with self.database.write() as repository:
-            for part in chunks(pairs, 500):
-                condition = " OR ".join("(id = ? AND receipt = ?)" for _ in part)
-                flat = [value for id_, receipt in part for value in (int(id_), receipt)]
-                await repository.connection.execute(
-                    f"{statement} WHERE {condition}", [*params, *flat]
-                )
+        for part in chunks(pairs, 500):
+            condition = " OR ".join("(id = ? AND receipt = ?)" for _ in part)
+            flat = [value for id_, receipt in part for value in (int(id_), receipt)]
+            await repository.connection.execute(f"{statement} WHERE {condition}", [*params, *flat])

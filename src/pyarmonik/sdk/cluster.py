@@ -1,0 +1,519 @@
+"""`Cluster`: a session on an ArmoniK cluster (a running one, or a local one started for
+the duration of a `with` block), the futures of its tasks, and their events."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import timedelta
+from os import PathLike
+from pathlib import Path
+from types import FunctionType, TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from armonik.client import ArmoniKEvents, ArmoniKResults, ArmoniKSessions, ArmoniKTasks
+from armonik.common import (
+    EventTypes,
+    Result,
+    ResultStatus,
+    Task,
+    TaskDefinition,
+    TaskOptions,
+    create_channel,
+)
+
+from pyarmonik.sdk import payload
+from pyarmonik.sdk.context import (
+    Args,
+    Kwargs,
+    armonik_options,
+    register_cluster,
+    unregister_cluster,
+)
+from pyarmonik.sdk.errors import TaskError
+from pyarmonik.sdk.futures import COMPLETED, FAILED, Future, progress_bar
+from pyarmonik.sdk.task import Options, TaskFunction
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+# Above this size a payload or value is streamed (UploadResultData), not sent inline.
+INLINE_LIMIT = 1024 * 1024
+# Inline data sent per CreateResults call (below the 4 MiB clients and servers accept).
+BATCH_BYTES = 3 * 1024 * 1024
+Certificate = str | PathLike[str] | bytes | None
+
+
+class Session:
+    """The ArmoniK session of a Cluster."""
+
+    def __init__(self, cluster: Cluster, session_id: str):
+        self._cluster = cluster
+        self.id = session_id
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id}>"
+
+    def counts(self) -> dict[str, int]:
+        """Number of tasks by status (lower-case ArmoniK status names), CountTasksByStatus."""
+        counts = self._cluster._tasks.count_tasks_by_status(Task.session_id == self.id)
+        return {status.name.lower(): n for status, n in sorted(counts.items()) if n}
+
+    def cancel(self) -> None:
+        """Cancel the session: its unfinished tasks are cancelled."""
+        self._cluster._sessions.cancel_session(self.id)
+
+
+class _Watcher:
+    """One Events stream per cluster, on the outputs of the futures this client submitted,
+    that finishes the futures as their results complete or abort."""
+
+    def __init__(self, events: ArmoniKEvents, session_id: str, prefix: str):
+        self._events = events
+        self._session_id = session_id
+        self._filter = Result.name.startswith(prefix)
+        self._pending: dict[str, list[Future[Any]]] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pyarmonik-events", daemon=True)
+        self._thread.start()
+
+    def watch(self, futures: Iterable[Future[Any]]) -> None:
+        with self._lock:
+            for future in futures:
+                self._pending.setdefault(future.result_id, []).append(future)
+
+    def unwatch(self, futures: Iterable[Future[Any]]) -> None:
+        with self._lock:
+            for future in futures:
+                waiting = self._pending.get(future.result_id, [])
+                if future in waiting:
+                    waiting.remove(future)
+                if not waiting:
+                    self._pending.pop(future.result_id, None)
+
+    def _run(self) -> None:
+        kinds = [EventTypes.NEW_RESULT, EventTypes.RESULT_STATUS_UPDATE]
+        while not self._stopping.is_set():
+            try:
+                # The stream starts with a snapshot of the current statuses, so reconnecting
+                # after an error loses nothing.
+                self._events.get_events(
+                    self._session_id, kinds, [self._handle], result_filter=self._filter
+                )
+            except grpc.RpcError as error:
+                if self._stopping.is_set():
+                    return
+                log.debug("events stream interrupted (%s), reconnecting", error)
+            except Exception:
+                log.exception("events stream failed, reconnecting")
+            self._stopping.wait(0.5)
+
+    def _handle(self, session_id: str, kind: EventTypes, event: Any) -> bool:
+        status = event.status
+        if status == ResultStatus.COMPLETED or status == ResultStatus.ABORTED:
+            with self._lock:
+                futures = self._pending.pop(event.result_id, [])
+            state = COMPLETED if status == ResultStatus.COMPLETED else FAILED
+            for future in futures:
+                future._finish(state)
+        return self._stopping.is_set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+
+class _LocalProcess:
+    """`pyarmonik local` in a subprocess, on a free port, with the function worker."""
+
+    def __init__(self, agents: int | None, data_dir: Path | None, timeout: float):
+        self.owned_dir = data_dir is None
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="pyarmonik-local-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir / "cluster.log"
+        # Workers import what the client imports (functions of importable modules travel
+        # by reference): they get the client's module search path.
+        paths = [p for p in sys.path if p and os.path.isdir(p)]
+        paths += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        command = [sys.executable, "-m", "pyarmonik.cli.main", "local", "--port", "0",
+                   "--data-dir", str(self.data_dir)] + (["--agents", str(agents)] if agents else [])  # fmt: skip
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))},
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        self.endpoint = self._read_endpoint(timeout)
+
+    def _read_endpoint(self, timeout: float) -> str:
+        assert self.process.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            if selector.select(timeout):
+                line = self.process.stdout.readline().decode().strip()
+                if line:
+                    return line
+        self.stop()
+        tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
+        raise RuntimeError(f"the local cluster did not start; its log ends with:\n{tail}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        if self.owned_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    from pyarmonik.compute.orphans import die_with_parent
+
+    die_with_parent()
+
+
+class Cluster:
+    """A session on an ArmoniK cluster, where `task.submit(...)` sends tasks.
+
+    Use `Cluster.connect(endpoint)` or `Cluster.local()`, preferably in a `with` block: the
+    latest cluster opened is the one tasks go to. Leaving the block closes the session
+    (cancels it if the block raised); results stay readable until the session is purged.
+    """
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        *,
+        partitions: list[str] | None = None,
+        max_duration: timedelta | float = timedelta(hours=1),
+        max_retries: int = 3,
+        priority: int = 1,
+        options: Mapping[str, str] | None = None,
+        endpoint: str = "",
+        local: _LocalProcess | None = None,
+    ):
+        self.endpoint = endpoint
+        self._channel = channel
+        self._local = local
+        self._sessions = ArmoniKSessions(channel)
+        self._results = ArmoniKResults(channel)
+        self._tasks = ArmoniKTasks(channel)
+        if not isinstance(max_duration, timedelta):
+            max_duration = timedelta(seconds=max_duration)
+        self.defaults = TaskOptions(
+            max_duration=max_duration,
+            priority=priority,
+            max_retries=max_retries,
+            partition_id=partitions[0] if partitions else "",
+            options=dict(options or {}),
+        )
+        session_id = self._sessions.create_session(self.defaults, partition_ids=partitions)
+        self.session = Session(self, session_id)
+        self._prefix = f"{uuid.uuid4().hex[:8]}:"  # names this client's outputs
+        self._counter = itertools.count()
+        self._functions: dict[int, tuple[Any, bytes, str | None]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._watcher = _Watcher(ArmoniKEvents(channel), session_id, self._prefix)
+        register_cluster(self)
+
+    # -- opening and closing -------------------------------------------------------------------
+
+    @classmethod
+    def connect(
+        cls,
+        endpoint: str,
+        *,
+        certificate_authority: Certificate = None,
+        client_certificate: Certificate = None,
+        client_key: Certificate = None,
+        **session: Any,
+    ) -> Cluster:
+        """A new session on the cluster at `endpoint` ("host:port", "http://host:port", or
+        "https://..." for TLS, with mutual TLS when a client certificate is given).
+
+        Session options: partitions (the first is the default), max_duration, max_retries,
+        priority, options (the ArmoniK options map).
+        """
+        secure = any(x is not None for x in (certificate_authority, client_certificate))
+        uri = endpoint if "://" in endpoint else f"{'https' if secure else 'http'}://{endpoint}"
+        channel = create_channel(
+            uri,
+            certificate_authority=certificate_authority,
+            client_certificate=client_certificate,
+            client_key=client_key,
+        )
+        try:
+            return cls(channel, endpoint=endpoint, **session)
+        except BaseException:
+            channel.close()
+            raise
+
+    @classmethod
+    def local(
+        cls,
+        agents: int | None = None,
+        *,
+        data_dir: str | Path | None = None,
+        startup_timeout: float = 60.0,
+        **session: Any,
+    ) -> Cluster:
+        """Start `pyarmonik local` (control plane and `agents` agent/worker pairs with the
+        function worker, default one per core) and connect to it; closing the cluster
+        stops it. Its log is `cluster.log` in its data folder (a temporary one by default)."""
+        process = _LocalProcess(agents, Path(data_dir) if data_dir else None, startup_timeout)
+        try:
+            channel = grpc.insecure_channel(process.endpoint)
+            return cls(channel, endpoint=process.endpoint, local=process, **session)
+        except BaseException:
+            process.stop()
+            raise
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close(cancel=kind is not None)
+
+    @contextlib.contextmanager
+    def as_current(self) -> Iterator[Cluster]:
+        """Within the block, `task.submit(...)` goes to this cluster (the latest opened is
+        the current one otherwise)."""
+        register_cluster(self)
+        try:
+            yield self
+        finally:
+            unregister_cluster(self, every=False)
+
+    def close(self, cancel: bool = False) -> None:
+        """Close the session (cancel it when `cancel`), stop watching, and stop the local
+        cluster if this one started it."""
+        if self._closed:
+            return
+        self._closed = True
+        unregister_cluster(self)
+        self._watcher.stop()
+        try:
+            if cancel:
+                self._sessions.cancel_session(self.session.id)
+            else:
+                self._sessions.close_session(self.session.id)
+        except grpc.RpcError as error:
+            log.warning("could not end session %s: %s", self.session.id, error)
+        finally:
+            self._channel.close()
+            if self._local is not None:
+                self._local.stop()
+
+    def __repr__(self) -> str:
+        return f"<Cluster {self.endpoint} session={self.session.id}>"
+
+    # -- submitting ----------------------------------------------------------------------------
+
+    def submit(self, function: Any, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run `function` (a @task, or any function with the session's options) as a task."""
+        return self._submit(_as_task(function), [(args, kwargs)])[0]
+
+    def map(
+        self,
+        function: Any,
+        *iterables: Iterable[Any],
+        batch_size: int = 1000,
+        progress: bool | None = None,
+    ) -> list[Future[Any]]:
+        """`function.map(...)` for any function."""
+        return self.map_tasks(
+            _as_task(function), zip(*iterables, strict=False), batch_size, progress
+        )
+
+    def put(self, value: T) -> Future[T]:
+        """Upload `value` once; pass the returned (completed) future to many tasks, which
+        then share the value by reference."""
+        data = payload.dumps_value(value)
+        name = f"put#{next(self._counter)}"
+        result_id = self._create_data({name: data})[name]
+        future: Future[T] = Future(self, "put", result_id)
+        future._finish(COMPLETED, value)
+        return future
+
+    # -- the Submitter protocol (TaskFunction.submit and map come here) ------------------------
+
+    def map_tasks(
+        self,
+        task: TaskFunction[..., Any],
+        arguments: Iterable[Args],
+        batch_size: int,
+        progress: bool | None,
+    ) -> list[Future[Any]]:
+        items = list(arguments)
+        futures: list[Future[Any]] = []
+        with progress_bar(len(items), f"submitting {task.name}", progress) as advance:
+            for start in range(0, len(items), max(batch_size, 1)):
+                batch = items[start : start + batch_size]
+                futures += self._submit(task, [(args, {}) for args in batch])
+                advance(len(batch))
+        return futures
+
+    def submit_task(self, task: TaskFunction[..., Any], args: Args, kwargs: Kwargs) -> Future[Any]:
+        return self._submit(task, [(args, kwargs)])[0]
+
+    def _submit(
+        self, task: TaskFunction[..., Any], calls: list[tuple[Args, Kwargs]]
+    ) -> list[Future[Any]]:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        session_id = self.session.id
+        function = self._function_part(task.function, len(calls))
+        names = [f"{self._prefix}{task.name}#{next(self._counter)}" for _ in calls]
+        outputs = self._results.create_results_metadata(names, session_id, batch_size=len(names))
+        futures: list[Future[Any]] = [Future(self, task.name, outputs[n].result_id) for n in names]
+        self._watcher.watch(futures)
+        try:
+            payloads, dependencies = {}, []
+            for index, (args, kwargs) in enumerate(calls):
+                data, refs = payload.encode_task(function, args, kwargs, self._ref_of)
+                payloads[f"payload:{names[index]}"] = data
+                dependencies.append(refs)
+            payload_ids = self._create_data(payloads)
+            options = armonik_options(task.task_options, self.defaults.priority)
+            definitions = [
+                TaskDefinition(
+                    payload_id=payload_ids[f"payload:{name}"],
+                    expected_output_ids=[future.result_id],
+                    data_dependencies=refs,
+                    options=options,
+                )
+                for name, future, refs in zip(names, futures, dependencies, strict=True)
+            ]
+            self._tasks.submit_tasks(session_id, definitions, chunk_size=1000)
+        except BaseException:
+            self._watcher.unwatch(futures)
+            raise
+        return futures
+
+    def _create_data(self, blobs: dict[str, bytes]) -> dict[str, str]:
+        """Results holding `blobs` (by name): small ones inline, in few calls."""
+        session_id, ids = self.session.id, {}
+        batch: dict[str, bytes] = {}
+        size = 0
+        for name, data in blobs.items():
+            if len(data) > INLINE_LIMIT:
+                result = self._results.create_results_metadata([name], session_id)[name]
+                self._results.upload_result_data(result.result_id, session_id, data)
+                ids[name] = result.result_id
+                continue
+            if batch and size + len(data) > BATCH_BYTES:
+                ids.update(self._create_inline(batch))
+                batch, size = {}, 0
+            batch[name], size = data, size + len(data)
+        if batch:
+            ids.update(self._create_inline(batch))
+        return ids
+
+    def _create_inline(self, batch: dict[str, bytes]) -> dict[str, str]:
+        created = self._results.create_results(batch, self.session.id, batch_size=len(batch))
+        return {name: result.result_id for name, result in created.items()}
+
+    def _function_part(self, function: Any, calls: int) -> Any:
+        """How `function` travels to `calls` tasks: pickled once per session and embedded in
+        each payload, or uploaded once as a result (by reference) when its copies would
+        weigh more (see payload.worth_sharing)."""
+        if not isinstance(function, FunctionType):
+            return function
+        with self._lock:
+            known = self._functions.get(id(function))
+            if known is None or known[0] is not function:
+                known = (function, payload.dumps_value(function), None)
+                self._functions[id(function)] = known  # keeps it alive: ids stay unique
+            _, data, result_id = known
+            if result_id is None and payload.worth_sharing(len(data), calls):
+                name = f"function:{payload.qualified_name(function)}#{next(self._counter)}"
+                result_id = self._create_data({name: data})[name]
+                self._functions[id(function)] = (function, data, result_id)
+        return function if result_id else payload.Pickled(data, payload.qualified_name(function))
+
+    def _ref_of(self, obj: Any) -> str | None:
+        if isinstance(obj, Future):
+            if obj._owner is not self:
+                raise ValueError(f"{obj!r} belongs to another cluster or task")
+            return obj.result_id
+        if isinstance(obj, FunctionType):
+            known = self._functions.get(id(obj))
+            if known is not None and known[0] is obj:
+                return known[2]
+        return None
+
+    # -- Owner of its futures ------------------------------------------------------------------
+
+    def check_wait(self) -> None:
+        return None
+
+    def assign_id(self, future: Future[Any]) -> str:
+        raise AssertionError("a client future always has a result id")
+
+    def resolve(self, future: Future[Any]) -> Any:
+        if future.failed:
+            raise self._failure(future)
+        data = self._results.download_result_data(future.result_id, self.session.id)
+        try:
+            return payload.loads_value(data)
+        except Exception as error:
+            raise TaskError(
+                f"cannot unpickle the result of {future.name} ({type(error).__name__}: {error}):"
+                " are the client and the workers on the same Python and library versions?"
+            ) from error
+
+    def _failure(self, future: Future[Any]) -> BaseException:
+        """The exception of the task that should have produced `future` (following the
+        output's current owner, so delegation and retries are accounted for)."""
+        owners = self._results.get_owner_task_id([future.result_id], self.session.id)
+        owner = owners.get(future.result_id, "")
+        details, status = "", "ended"
+        if owner:
+            task = self._tasks.get_task(owner)
+            details = (task.output.error if task.output else "") or ""
+            status = f"ended {task.status.name}" if task.status is not None else status
+        summary = details.strip().splitlines()[0] if details.strip() else "no details"
+        return payload.rebuild_error(details, f"task {owner} ({future.name}) {status}: {summary}")
+
+    def cancel(self, future: Future[Any]) -> bool:
+        owners = self._results.get_owner_task_id([future.result_id], self.session.id)
+        owner = owners.get(future.result_id)
+        if owner:
+            self._tasks.cancel_tasks([owner])
+        self._watcher.unwatch([future])
+        return True
+
+
+def _as_task(function: Any) -> TaskFunction[..., Any]:
+    if isinstance(function, TaskFunction):
+        return function
+    if callable(function):
+        return TaskFunction(function, Options())
+    raise TypeError(f"{function!r} is not callable")
