@@ -231,6 +231,20 @@ def require_server(name: str, url: str, default_port: int) -> None:
         pytest.skip(reason)
 
 
+# moto's server lists its package folder on every request to route it (a quarter of its
+# time): list it once. Nor is a log line per request of any use here.
+MOTO_SERVER = """
+import logging
+import sys
+import moto.backends
+logging.getLogger("werkzeug").disabled = True
+modules = tuple(moto.backends.list_of_moto_modules())
+moto.backends.list_of_moto_modules = lambda: modules
+from moto.server import main
+main(sys.argv[1:])
+"""
+
+
 class MotoServer:
     """An S3-compatible server (moto) in a process of its own, shared by the whole run."""
 
@@ -240,7 +254,7 @@ class MotoServer:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-c", MOTO_SERVER, "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=die_with_parent,

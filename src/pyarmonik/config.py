@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 5001
     http_port: int | None = None  # /metrics and health; None: no HTTP server
+    http_port_strict: bool = True  # False: a taken http_port is replaced by a free one
     data_dir: Path = Path("pyarmonik-data")
     database: str = ""  # default: sqlite:///<data_dir>/pyarmonik.db
     queue: str = ""  # default: a queue table in the database
@@ -67,6 +68,9 @@ class Settings(BaseSettings):
     default_partition: str = "default"
     data_chunk_max_size: int = DEFAULT_CHUNK_SIZE
     log_level: str = "INFO"
+    # OpenTelemetry traces over OTLP/gRPC (e.g. http://127.0.0.1:4317); empty: off, unless
+    # OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    otlp_endpoint: str = ""
 
     @property
     def database_url(self) -> str:

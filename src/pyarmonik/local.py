@@ -43,13 +43,16 @@ class LocalCluster:
 
     async def start(self) -> str:
         port = await self.plane.start()
+        env = dict(os.environ)
+        if self.settings.otlp_endpoint:  # agents trace too, even when set by a config file
+            env["PYARMONIK_OTLP_ENDPOINT"] = self.settings.otlp_endpoint
         for partition in self.settings.partition_list():
             count = partition.agents if partition.agents is not None else self.default_agents
             for index in range(count):
                 command = self._agent_command(partition, index)
                 self.agents.append(
                     await asyncio.create_subprocess_exec(
-                        *command, start_new_session=True, preexec_fn=die_with_parent
+                        *command, env=env, start_new_session=True, preexec_fn=die_with_parent
                     )
                 )
         return f"{self.settings.host}:{port}"

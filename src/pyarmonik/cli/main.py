@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from pyarmonik.cli.inspect import register as register_inspection
 from pyarmonik.config import PartitionSettings, Settings, load_settings
 from pyarmonik.domain.errors import ArmoniKError
 
@@ -162,6 +163,7 @@ def agent(
 ) -> None:
     """Run a polling agent: pull tasks of one partition and have a worker run them."""
     from pyarmonik.compute.agent import Agent, AgentSettings
+    from pyarmonik.observability import tracing
     from pyarmonik.storage.factory import open_backends
 
     if worker is None and worker_socket is None:
@@ -182,6 +184,7 @@ def agent(
     )
 
     async def main(stop: asyncio.Event) -> None:
+        tracing.configure("pyarmonik-agent", settings.otlp_endpoint)
         try:
             await Agent(open_backends(settings), agent_settings).run(stop)
         except ArmoniKError as error:
@@ -219,13 +222,13 @@ def local(
     """A whole cluster on this machine: control plane and agent/worker pairs."""
     from pyarmonik.local import LocalCluster
 
-    if http_port is None:
-        http_port = port + 1 if port else 0
     settings = settings_from(
         config,
         None,
         port=port,
-        http_port=http_port,
+        # By default next to the gRPC port, or any free port when that one is taken.
+        http_port=(port + 1 if port else 0) if http_port is None else http_port,
+        http_port_strict=http_port is not None,
         data_dir=data_dir,
         database=database,
         queue=queue,
@@ -250,6 +253,8 @@ def local(
 
     run_until_signal(main)
 
+
+register_inspection(app)
 
 bench_app = typer.Typer(
     no_args_is_help=True, help="Measure the seed's workloads on a local cluster."

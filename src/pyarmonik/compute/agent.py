@@ -236,6 +236,8 @@ class Agent:
                         BACKEND_ERRORS.labels("acquire").inc()
                         log.exception("handling the message of task %s failed", message.task_id)
                         await self._release_quietly(message)
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._stopping.wait(), 0.5)
                         continue
                     if held is not None:
                         held.prepared_at = now()

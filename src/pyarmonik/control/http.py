@@ -1,11 +1,13 @@
-"""The control plane's HTTP side: Prometheus /metrics and health endpoints."""
+"""The control plane's HTTP side: Prometheus /metrics, health endpoints and the admin GUI."""
 
 from __future__ import annotations
 
+import errno
 import logging
 
 from aiohttp import web
 
+from pyarmonik.control.gui import AdminGui
 from pyarmonik.observability.metrics import CONTENT_TYPE, exposition, set_task_counts
 from pyarmonik.scheduling.backends import Backends
 
@@ -24,13 +26,22 @@ class HttpServer:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/liveness", self.liveness)
         app.router.add_get("/readiness", self.readiness)
+        AdminGui(self.backends).install(app)
         return app
 
-    async def start(self) -> int:
+    async def start(self, any_port_if_taken: bool = False) -> int:
+        """Serve; with `any_port_if_taken`, a busy port is replaced by a free one."""
         self._runner = web.AppRunner(self.application(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as error:
+            if not any_port_if_taken or error.errno != errno.EADDRINUSE:
+                raise
+            log.warning("HTTP port %s is taken; using a free one", self.port)
+            site = web.TCPSite(self._runner, self.host, 0)
+            await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self.port
 

@@ -27,6 +27,7 @@ from pyarmonik.control.tasks import Tasks
 from pyarmonik.control.watch import ResultWatcher
 from pyarmonik.domain.errors import Unavailable
 from pyarmonik.domain.records import Partition
+from pyarmonik.observability import tracing
 from pyarmonik.scheduling.backends import Backends
 from pyarmonik.scheduling.changes import ChangeFeed
 from pyarmonik.scheduling.results import ResultService
@@ -55,6 +56,7 @@ class ControlPlane:
 
     async def start(self) -> int:
         """Start the backends and serve; return the bound port (useful with port 0)."""
+        tracing.configure("pyarmonik-control", self.settings.otlp_endpoint)
         await self.backends.start()
         await self._register_partitions()
         await self.feed.start()
@@ -90,7 +92,7 @@ class ControlPlane:
         self.server = server
         if self.settings.http_port is not None:
             self.http = HttpServer(self.backends, self.settings.host, self.settings.http_port)
-            http_port = await self.http.start()
+            http_port = await self.http.start(any_port_if_taken=not self.settings.http_port_strict)
             log.info("metrics and health on http://%s:%s", self.settings.host, http_port)
         log.info("control plane listening on %s:%s", self.settings.host, self.port)
         return self.port

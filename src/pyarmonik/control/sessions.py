@@ -11,6 +11,7 @@ from pyarmonik.control.convert import optional_options, session_raw
 from pyarmonik.control.errors import rpc
 from pyarmonik.domain.errors import InvalidArgument
 from pyarmonik.domain.filters import MATCH_ALL, ListQuery
+from pyarmonik.observability import tracing
 from pyarmonik.scheduling.sessions import SessionService
 
 
@@ -26,6 +27,7 @@ class Sessions(SessionsServicer):  # type: ignore[misc]
         if options is None:
             raise InvalidArgument("default_task_option is required")
         session = await self.service.create(options, list(request.partition_ids))
+        tracing.session_started(session)
         return pb.CreateSessionReply(session_id=session.session_id)
 
     @rpc

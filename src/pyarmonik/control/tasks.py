@@ -11,6 +11,7 @@ from pyarmonik.control import filters
 from pyarmonik.control.convert import optional_options, task_detailed, task_summary
 from pyarmonik.control.errors import rpc
 from pyarmonik.domain.filters import MATCH_ALL, ListQuery
+from pyarmonik.observability import tracing
 from pyarmonik.scheduling.tasks import TaskCreation, TaskService
 
 
@@ -41,9 +42,12 @@ class Tasks(TasksServicer):  # type: ignore[misc]
             )
             for c in request.task_creations
         ]
-        tasks = await self.service.submit(
-            request.session_id, optional_options(request, "task_options"), creations
-        )
+        with tracing.submission_span(
+            request.session_id, len(creations), context.invocation_metadata
+        ):
+            tasks = await self.service.submit(
+                request.session_id, optional_options(request, "task_options"), creations
+            )
         return pb.SubmitTasksResponse(
             task_infos=[
                 pb.SubmitTasksResponse.TaskInfo(

@@ -16,6 +16,7 @@ from pyarmonik.domain.errors import ArmoniKError
 from pyarmonik.domain.ids import retry_id
 from pyarmonik.domain.records import Result, Session, Task
 from pyarmonik.domain.statuses import FINAL_TASK_STATUSES, ResultStatus, SessionStatus, TaskStatus
+from pyarmonik.observability import tracing
 from pyarmonik.scheduling.backends import Backends, now
 from pyarmonik.scheduling.graph import (
     ReadyTask,
@@ -290,6 +291,7 @@ class TaskProcessing:
         except _NotOurs:
             return False
         await push_ready(self.backends.queue, ready)
+        tracing.record_task(task, TaskStatus.COMPLETED, stamp, processed_at)
         return True
 
     async def fail(
@@ -334,6 +336,7 @@ class TaskProcessing:
                     f"Task {task.task_id} failed:\n{message}",
                 )
         await push_ready(self.backends.queue, ready)
+        tracing.record_task(task, final, stamp, error=message)
         return final
 
     async def _retry(self, repository: Repository, session: Session, task: Task) -> list[ReadyTask]:
@@ -366,6 +369,7 @@ class TaskProcessing:
         """The agent stopped a task because it was cancelled."""
         async with self.backends.database.write() as repository:
             await self._cancel(repository, task, "Task was cancelled")
+        tracing.record_task(task, TaskStatus.CANCELLED, now(), error="Task was cancelled")
 
     async def _cancel(self, repository: Repository, task: Task, reason: str) -> None:
         await repository.update(

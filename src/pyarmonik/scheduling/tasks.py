@@ -105,6 +105,13 @@ class TaskService:
         async with self.backends.database.read() as repository:
             return await repository.count_tasks_by_status(task_filter)
 
+    async def count_ended_by_interval(
+        self, task_filter: Filter, since: float, interval: float
+    ) -> list[tuple[int, int, int]]:
+        """(interval number from `since`, status, count) of the tasks ended since `since`."""
+        async with self.backends.database.read() as repository:
+            return await repository.count_tasks_ended_by_interval(task_filter, since, interval)
+
     async def _load(self, repository: Repository, task_ids: list[str]) -> list[Task]:
         if not all(task_ids):
             raise InvalidArgument("task ids must not be empty")

@@ -3,6 +3,7 @@ the duration of a `with` block), the futures of its tasks, and their events."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import logging
@@ -51,8 +52,6 @@ log = logging.getLogger(__name__)
 
 # Above this size a payload or value is streamed (UploadResultData), not sent inline.
 INLINE_LIMIT = 1024 * 1024
-# Inline data sent per CreateResults call (below the 4 MiB clients and servers accept).
-BATCH_BYTES = 3 * 1024 * 1024
 Certificate = str | PathLike[str] | bytes | None
 
 
@@ -283,12 +282,15 @@ class Cluster:
         function worker, default one per core) and connect to it; closing the cluster
         stops it. Its log is `cluster.log` in its data folder (a temporary one by default)."""
         process = _LocalProcess(agents, Path(data_dir) if data_dir else None, startup_timeout)
+        channel = grpc.insecure_channel(process.endpoint)
         try:
-            channel = grpc.insecure_channel(process.endpoint)
-            return cls(channel, endpoint=process.endpoint, local=process, **session)
+            cluster = cls(channel, endpoint=process.endpoint, local=process, **session)
         except BaseException:
+            channel.close()
             process.stop()
             raise
+        atexit.register(cluster.close)  # a cluster left open still stops cleanly
+        return cluster
 
     def __enter__(self) -> Cluster:
         return self
@@ -329,10 +331,17 @@ class Cluster:
         finally:
             self._channel.close()
             if self._local is not None:
+                atexit.unregister(self.close)
                 self._local.stop()
 
     def __repr__(self) -> str:
         return f"<Cluster {self.endpoint} session={self.session.id}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a Cluster does not travel to tasks (a task function refers to one?): inside a "
+            "task, `f.submit(...)` submits through the task's own agent"
+        )
 
     # -- submitting ----------------------------------------------------------------------------
 
@@ -371,10 +380,12 @@ class Cluster:
         batch_size: int,
         progress: bool | None,
     ) -> list[Future[Any]]:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         items = list(arguments)
         futures: list[Future[Any]] = []
         with progress_bar(len(items), f"submitting {task.name}", progress) as advance:
-            for start in range(0, len(items), max(batch_size, 1)):
+            for start in range(0, len(items), batch_size):
                 batch = items[start : start + batch_size]
                 futures += self._submit(task, [(args, {}) for args in batch])
                 advance(len(batch))
@@ -418,27 +429,18 @@ class Cluster:
         return futures
 
     def _create_data(self, blobs: dict[str, bytes]) -> dict[str, str]:
-        """Results holding `blobs` (by name): small ones inline, in few calls."""
+        """Results holding `blobs` (by name): big ones streamed, small ones inline, in few
+        calls."""
         session_id, ids = self.session.id, {}
-        batch: dict[str, bytes] = {}
-        size = 0
-        for name, data in blobs.items():
-            if len(data) > INLINE_LIMIT:
-                result = self._results.create_results_metadata([name], session_id)[name]
-                self._results.upload_result_data(result.result_id, session_id, data)
-                ids[name] = result.result_id
-                continue
-            if batch and size + len(data) > BATCH_BYTES:
-                ids.update(self._create_inline(batch))
-                batch, size = {}, 0
-            batch[name], size = data, size + len(data)
-        if batch:
-            ids.update(self._create_inline(batch))
+        inline = {name: data for name, data in blobs.items() if len(data) <= INLINE_LIMIT}
+        for name in blobs.keys() - inline.keys():
+            result = self._results.create_results_metadata([name], session_id)[name]
+            self._results.upload_result_data(result.result_id, session_id, blobs[name])
+            ids[name] = result.result_id
+        for batch in payload.batches(inline):
+            created = self._results.create_results(batch, session_id, batch_size=len(batch))
+            ids.update({name: result.result_id for name, result in created.items()})
         return ids
-
-    def _create_inline(self, batch: dict[str, bytes]) -> dict[str, str]:
-        created = self._results.create_results(batch, self.session.id, batch_size=len(batch))
-        return {name: result.result_id for name, result in created.items()}
 
     def _function_part(self, function: Any, calls: int) -> Any:
         """How `function` travels to `calls` tasks: pickled once per session and embedded in

@@ -297,7 +297,7 @@ class TaskContext:
             data, refs = payload.encode_task(function, args, kwargs, self.ref_of)
             payloads[f"payload#{index}"] = data
             dependencies.append(refs)
-        created = handler.create_results(payloads, batch_size=len(payloads))
+        created = self._create_results(payloads)
         priority = handler.task_options.priority or 1
         definitions = []
         for index, (task, _, _, future) in enumerate(calls):
@@ -313,6 +313,12 @@ class TaskContext:
                 )
             )
         handler.submit_tasks(definitions, batch_size=len(definitions))
+
+    def _create_results(self, blobs: dict[str, bytes]) -> dict[str, Any]:
+        created: dict[str, Any] = {}
+        for batch in payload.batches(blobs):
+            created.update(self.handler.create_results(batch, batch_size=len(batch)))
+        return created
 
     def _function_parts(self, functions: list[Any]) -> dict[int, Any]:
         """How each function travels in the payloads (by id): by reference to a result,
@@ -335,7 +341,7 @@ class TaskContext:
             else:
                 parts[key] = payload.Pickled(data, payload.qualified_name(function))
         if blobs:
-            created = self.handler.create_results(blobs, batch_size=len(blobs))
+            created = self._create_results(blobs)
             for index, function in enumerate(shared):
                 self._uploaded[id(function)] = (function, created[f"function#{index}"].result_id)
         return parts

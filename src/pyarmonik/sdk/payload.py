@@ -18,7 +18,7 @@ import json
 import pickle
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cloudpickle
@@ -181,6 +181,24 @@ def worth_sharing(size: int, copies: int) -> bool:
     return size * copies > SHARE_FUNCTION_ABOVE
 
 
+# Inline data sent per CreateResults call (below the 4 MiB gRPC peers accept by default).
+BATCH_BYTES = 3 * 1024 * 1024
+
+
+def batches(blobs: dict[str, bytes], limit: int = BATCH_BYTES) -> Iterator[dict[str, bytes]]:
+    """`blobs` in batches of at most `limit` bytes (a bigger blob alone in its batch)."""
+    batch: dict[str, bytes] = {}
+    size = 0
+    for name, data in blobs.items():
+        if batch and size + len(data) > limit:
+            yield batch
+            batch, size = {}, 0
+        batch[name] = data
+        size += len(data)
+    if batch:
+        yield batch
+
+
 def dumps_value(value: Any) -> bytes:
     """An output, or a value uploaded with `put`."""
     return bytes(cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
@@ -198,15 +216,21 @@ def format_error(error: BaseException) -> str:
     it (first frame, the worker's own, left out), then the marker line."""
     tb = error.__traceback__.tb_next if error.__traceback__ else None
     text = "".join(traceback.format_exception(type(error), error, tb))
-    args: list[Any] | None = list(error.args)
     try:
-        json.dumps(args)
-    except (TypeError, ValueError):
-        args = None
-    kind = type(error)
-    info = {"module": kind.__module__, "qualname": kind.__qualname__, "message": str(error)}
-    info["args"] = args  # type: ignore[assignment]
-    return f"{text.rstrip()}\n{ERROR_MARKER}{json.dumps(info)}"
+        message = str(error)
+    except Exception:  # a broken __str__ must not hide the error
+        message = f"<{type(error).__name__}: str() failed>"
+    info: dict[str, Any] = {
+        "module": type(error).__module__,
+        "qualname": type(error).__qualname__,
+        "message": message,
+        "args": list(error.args),
+    }
+    try:
+        marker = json.dumps(info)
+    except (TypeError, ValueError):  # arguments that JSON cannot hold: rebuilt from the message
+        marker = json.dumps({**info, "args": None})
+    return f"{text.rstrip()}\n{ERROR_MARKER}{marker}"
 
 
 def rebuild_error(details: str, fallback: str) -> BaseException:

@@ -277,6 +277,23 @@ class Repository:
         )
         return [(row["p"] or "", int(row["status"]), int(row["n"])) for row in rows]
 
+    async def count_tasks_ended_by_interval(
+        self, task_filter: Filter, since: float, interval: float
+    ) -> list[tuple[int, int, int]]:
+        """(interval number counted from `since`, status, count) of the tasks matching the
+        filter that ended at or after `since`: throughput over time, counted in the database
+        (with a session in the filter, the (session_id, ended_at) index bounds the scan)."""
+        from pyarmonik.domain.filters import Condition, Kind, Op, and_filters
+
+        recent: Filter = ((Condition("ended_at", Kind.DATE, Op.GE, since),),)
+        sql, params = _filter_sql(and_filters(task_filter, recent), self.dialect)
+        rows = await self.connection.fetch(
+            "SELECT FLOOR((ended_at - ?) / ?) AS k, status, COUNT(*) AS n FROM tasks "
+            f"WHERE {sql} GROUP BY k, status",
+            [since, interval, *params],
+        )
+        return [(int(row["k"]), int(row["status"]), int(row["n"])) for row in rows]
+
     async def list_applications(
         self, query: ListQuery, sorts: Sequence[Any]
     ) -> tuple[list[Application], int]:
