@@ -294,19 +294,21 @@ def test_wait_for_results_completed_later(
 ) -> None:
     created = results.create_results_metadata(["x", "y"], session_id)
     ids = [created["x"].result_id, created["y"].result_id]
-    completed: list[str] = []
+    started: list[str] = []
 
     def complete_later() -> None:
         for result_id in ids:
             time.sleep(0.3)
+            started.append(result_id)  # before the call: its event may arrive before it returns
             results.upload_result_data(result_id, session_id, b"data")
-            completed.append(result_id)
 
     worker = threading.Thread(target=complete_later, daemon=True)
     worker.start()
     wait(events, ids, session_id)
-    # It returned only once both were complete.
-    assert completed == ids
+    # It returned only once both were complete: both uploads were under way, and both results
+    # are COMPLETED on the server.
+    assert started == ids
+    assert all(results.get_result(i).status == ResultStatus.COMPLETED for i in ids)
     worker.join(timeout=5)
 
 

@@ -7,6 +7,7 @@ process is only the client, with the official `armonik` client, as a user's woul
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -44,6 +45,8 @@ class Report:
     latency_p99_ms: float
     db_throughput: float  # tasks / (last ended_at - first created_at), as ArmoniK's clients
     peak_rss_mb: float
+    # Where a task's time goes in an agent (mean ms, from the task timestamps).
+    stages_ms: dict[str, float]
 
     def lines(self) -> list[str]:
         return [f"{key:>22}: {value}" for key, value in asdict(self).items()]
@@ -121,9 +124,21 @@ class Cluster:
                 self.process.wait(60)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-def _latencies(channel: grpc.Channel, session_id: str) -> tuple[list[float], float]:
+# (stage, from, to) over the timestamps an agent records on each task.
+STAGES = (
+    ("acquire", "received_at", "acquired_at"),
+    ("prefetch", "acquired_at", "fetched_at"),
+    ("wait_to_start", "fetched_at", "started_at"),
+    ("processing", "started_at", "processed_at"),
+    ("post_processing", "processed_at", "ended_at"),
+)
+
+
+def _timings(channel: grpc.Channel, session_id: str) -> tuple[list[float], float, dict[str, float]]:
+    """Latencies (created → ended), throughput over the task timestamps, mean stage times."""
     tasks, page, rows = ArmoniKTasks(channel), 0, []
     while True:
         total, listed = tasks.list_tasks(Task.session_id == session_id, page=page, page_size=1000)
@@ -135,7 +150,15 @@ def _latencies(channel: grpc.Channel, session_id: str) -> tuple[list[float], flo
         (t.ended_at - t.created_at).total_seconds() for t in rows if t.ended_at and t.created_at
     ]
     span = (max(t.ended_at for t in rows) - min(t.created_at for t in rows)).total_seconds()
-    return latencies, len(rows) / span if span > 0 else 0.0
+    stages = {}
+    for stage, begin, end in STAGES:
+        spans = [
+            (getattr(t, end) - getattr(t, begin)).total_seconds()
+            for t in rows
+            if getattr(t, begin) and getattr(t, end)
+        ]
+        stages[stage] = round(statistics.fmean(spans) * 1000, 2) if spans else 0.0
+    return latencies, len(rows) / span if span > 0 else 0.0, stages
 
 
 def _wait_done(channel: grpc.Channel, session_id: str, expected: int | None) -> None:
@@ -158,7 +181,7 @@ def _wait_done(channel: grpc.Channel, session_id: str, expected: int | None) -> 
 def _report(workload: str, cluster: Cluster, channel: grpc.Channel, session_id: str, start: float,
             submitted: float, backends: str) -> Report:  # fmt: skip
     seconds = time.monotonic() - start
-    latencies, db_throughput = _latencies(channel, session_id)
+    latencies, db_throughput, stages = _timings(channel, session_id)
     count = len(latencies)
     quantiles = statistics.quantiles(latencies, n=100) if count > 1 else [latencies[0]] * 99
     return Report(
@@ -173,6 +196,7 @@ def _report(workload: str, cluster: Cluster, channel: grpc.Channel, session_id: 
         latency_p99_ms=round(quantiles[98] * 1000, 1),
         db_throughput=round(db_throughput, 1),
         peak_rss_mb=round(cluster.peak_rss_mb(), 1),
+        stages_ms=stages,
     )
 
 

@@ -69,7 +69,10 @@ OutputOption = Annotated[Output, typer.Option("--output", "-o", help="Output for
 FilterOption = Annotated[
     str | None,
     typer.Option(
-        "--filter", "-f", help='Filter in the armonik CLI\'s language, e.g. "status = error".'
+        "--filter",
+        "-f",
+        help="Filter in the armonik CLI's language, e.g. "
+        "'status = error and created_at > 2025-06-01'; quote ids: session_id = \"<id>\".",
     ),
 ]
 SortByOption = Annotated[
@@ -291,7 +294,7 @@ def tasks(
                 ("Created", lambda t: _when(t.created_at)),
                 ("Ended", lambda t: _when(t.ended_at)),
                 ("Duration", lambda t: _seconds(t.creation_to_end_duration)),
-                ("Error", lambda t: (t.output.error if t.output else "")[:120]),
+                ("Error", lambda t: ((t.output.error or "") if t.output else "")[:120]),
             ],
             filter,
             common.Task.session_id == session if session else None,

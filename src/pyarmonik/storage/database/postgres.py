@@ -429,6 +429,8 @@ class PostgresDatabase:
         connection, _ = await self._connect(pool, begin=False)
         try:
             yield Repository(_Connection(connection), self.dialect)
+        except _LOST as error:
+            raise Unavailable(f"PostgreSQL connection lost: {error}") from error
         finally:
             await pool.release(connection)
 
@@ -440,13 +442,18 @@ class PostgresDatabase:
         try:
             try:
                 yield Repository(_Connection(connection), self.dialect, lock_suffix=" FOR SHARE")
-            except BaseException:
+            except BaseException as error:
                 # A lost connection cannot roll back (the server did); the error that ended
-                # the transaction is the one to report.
+                # the transaction is the one to report, as a transient one when it is.
                 with contextlib.suppress(Exception):
                     await transaction.rollback()
+                if isinstance(error, _LOST):
+                    raise Unavailable(f"PostgreSQL connection lost: {error}") from error
                 raise
-            await transaction.commit()
+            try:
+                await transaction.commit()
+            except _LOST as error:
+                raise Unavailable(f"PostgreSQL connection lost at commit: {error}") from error
         finally:
             await pool.release(connection)
 

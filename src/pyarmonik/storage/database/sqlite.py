@@ -1,4 +1,12 @@
-"""SQLite adapter: the embedded database (WAL mode), shared by the processes of one machine."""
+"""SQLite adapter: the embedded database (WAL mode), shared by the processes of one machine.
+
+Statements run on the event loop itself. SQLite is a library, not a server: a statement on
+this schema is an indexed, in-memory operation of microseconds, while handing it to a
+thread costs more than running it (a future, a wake-up, the GIL) and was the largest cost of
+an agent. What could block is kept off the loop: lock waits are asynchronous retries
+(busy_timeout is 0), commits do not fsync (WAL with synchronous=NORMAL), and checkpoints,
+which do, run in a thread.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,6 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
@@ -146,107 +153,86 @@ WHEN OLD.owner_task_id <> NEW.owner_task_id BEGIN
 END;
 """
 
-# Another process may hold the write lock for a while (a big submission): wait, don't fail.
-BUSY_TIMEOUT_MS = 60_000
+BUSY_TIMEOUT = 60.0  # seconds another process may hold the write lock (a huge submission)
+CHECKPOINT_EVERY = 1.0
 T = TypeVar("T")
 
 
-class _Thread:
-    """A sqlite3 connection owned by one thread. Each call runs a whole statement (execute,
-    fetch, describe) there in a single hop; aiosqlite would make several hops per statement."""
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    message = str(error)
+    return "locked" in message or "busy" in message
 
-    def __init__(self, path: Path, busy_timeout_ms: int):
-        self.path = path
-        self.busy_timeout_ms = busy_timeout_ms
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
-        self._connection: sqlite3.Connection | None = None
 
-    async def call(self, function: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+async def _when_free(function: Callable[..., T], *args: Any) -> T:
+    """Run a statement, retrying while another connection holds the lock it needs."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    pause = 0.0001
+    while True:
+        try:
+            return function(*args)
+        except sqlite3.OperationalError as error:
+            if not _is_busy(error) or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 1.5, 0.005)
 
-    def open(self) -> None:
-        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        connection.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
-        connection.execute("PRAGMA synchronous = NORMAL")
-        self._connection = connection
 
-    @property
-    def connection(self) -> sqlite3.Connection:
-        if self._connection is None:
-            raise RuntimeError("database not started")
-        return self._connection
+def _connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA busy_timeout = 0")
+    connection.execute("PRAGMA synchronous = NORMAL")
+    connection.execute("PRAGMA wal_autocheckpoint = 0")
+    return connection
 
-    def fetch(self, sql: str, params: Sequence[Any]) -> list[Row]:
-        cursor = self.connection.execute(sql, params)
-        rows = cursor.fetchall()
-        names = [d[0] for d in cursor.description or ()]
-        cursor.close()
-        return [dict(zip(names, row, strict=True)) for row in rows]
 
-    def execute(self, sql: str, params: Sequence[Any]) -> int:
-        cursor = self.connection.execute(sql, params)
-        cursor.fetchall()
-        count = cursor.rowcount
-        cursor.close()
-        return int(count)
+def _fetch(connection: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Row]:
+    cursor = connection.execute(sql, params)
+    rows = cursor.fetchall()
+    names = [d[0] for d in cursor.description or ()]
+    cursor.close()
+    return [dict(zip(names, row, strict=True)) for row in rows]
 
-    def executemany(self, sql: str, params: list[tuple[Any, ...]]) -> None:
-        self.connection.executemany(sql, params).close()
 
-    def begin(self) -> None:
-        """BEGIN IMMEDIATE, retried with sub-millisecond sleeps: SQLite's own busy handler
-        sleeps 1 to 100 ms between tries, far longer than our transactions hold the lock."""
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-        pause = 0.0001
-        while True:
-            try:
-                self.connection.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as error:
-                if "locked" not in str(error) or time.monotonic() > deadline:
-                    raise
-            time.sleep(pause)
-            pause = min(pause * 1.5, 0.002)
+def _execute(connection: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
+    cursor = connection.execute(sql, params)
+    cursor.fetchall()
+    count = cursor.rowcount
+    cursor.close()
+    return int(count)
 
-    def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+
+def _executemany(connection: sqlite3.Connection, sql: str, params: list[tuple[Any, ...]]) -> None:
+    connection.executemany(sql, params).close()
 
 
 class _Connection:
-    """The SqlConnection protocol over a _Thread; inside a write transaction, BEGIN travels
-    with the first statement."""
+    """The SqlConnection protocol on a sqlite3 connection; a write transaction begins with
+    its first statement (BEGIN IMMEDIATE, waited for asynchronously)."""
 
-    def __init__(self, thread: _Thread, begin: bool = False):
-        self._thread = thread
+    def __init__(self, connection: sqlite3.Connection, begin: bool = False):
+        self._connection = connection
         self._begin = begin
 
-    def _opening(self, function: Callable[..., T]) -> Callable[..., T]:
-        if not self._begin:
-            return function
-        self._begin = False
-        thread = self._thread
-
-        def begin_then(*args: Any) -> T:
-            thread.begin()
-            return function(*args)
-
-        return begin_then
+    async def _begun(self) -> None:
+        if self._begin:
+            await _when_free(self._connection.execute, "BEGIN IMMEDIATE")
+            self._begin = False
 
     async def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> int:
-        return await self._thread.call(self._opening(self._thread.execute), sql, params)
+        await self._begun()
+        return await _when_free(_execute, self._connection, sql, params)
 
     async def executemany(self, sql: str, params: list[tuple[Any, ...]]) -> None:
-        await self._thread.call(self._opening(self._thread.executemany), sql, params)
+        await self._begun()
+        await _when_free(_executemany, self._connection, sql, params)
 
     async def fetch(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Row]:
-        return await self._thread.call(self._opening(self._thread.fetch), sql, params)
+        await self._begun()
+        return await _when_free(_fetch, self._connection, sql, params)
 
-    async def finish(self, commit: bool) -> None:
-        if self._begin:
-            return  # nothing was sent: no transaction to end
-        await self._thread.call(self._thread.execute, "COMMIT" if commit else "ROLLBACK", ())
+    def finish(self, commit: bool) -> None:
+        if not self._begin:  # else nothing was sent: no transaction to end
+            self._connection.execute("COMMIT" if commit else "ROLLBACK")
 
 
 class SqliteDatabase:
@@ -257,60 +243,66 @@ class SqliteDatabase:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        # The writer handles busy waits itself (see _Thread.begin); readers never wait in
-        # WAL mode but for rare checkpoints, where SQLite's handler is fine.
-        self._writer = _Thread(self.path, busy_timeout_ms=0)
-        self._reader = _Thread(self.path, busy_timeout_ms=BUSY_TIMEOUT_MS)
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._changed = asyncio.Event()
-        self._started = False
+        self._checkpointer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        await self._writer.call(self._writer.open)
-        await self._writer.call(self._writer.fetch, "PRAGMA journal_mode = WAL", ())
-        await self._writer.call(self._create_schema)
-        await self._reader.call(self._reader.open)
-        self._started = True
+        await asyncio.to_thread(self._create)
+        self._writer, self._reader = _connect(self.path), _connect(self.path)
+        self._checkpointer = asyncio.create_task(self._checkpoints(), name="sqlite-checkpoints")
 
-    def _create_schema(self) -> None:
-        # executescript commits whatever is pending first, so BEGIN goes inside the script;
-        # other processes may be creating it at the same moment: retry while locked.
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-        while True:
-            try:
-                self._writer.connection.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
-                return
-            except sqlite3.OperationalError as error:
-                if self._writer.connection.in_transaction:
-                    self._writer.connection.execute("ROLLBACK")
-                if "locked" not in str(error) or time.monotonic() > deadline:
-                    raise
-            time.sleep(0.01)
+    def _create(self) -> None:
+        """Create the file and the schema (in a thread: it may wait for other processes)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT)
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            # executescript commits whatever is pending first: BEGIN goes inside the script.
+            connection.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+        finally:
+            connection.close()
+
+    async def _checkpoints(self) -> None:
+        """Move the WAL into the database file now and then, off the loop (this fsyncs)."""
+        connection = await asyncio.to_thread(_connect, self.path)
+        try:
+            while True:
+                await asyncio.sleep(CHECKPOINT_EVERY)
+                await asyncio.to_thread(connection.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            connection.close()
 
     async def close(self) -> None:
-        for thread in (self._writer, self._reader):
-            await thread.call(thread.close)
-        self._started = False
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._checkpointer
+        for connection in (self._writer, self._reader):
+            if connection is not None:
+                connection.close()
+        self._writer = self._reader = None
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Repository]:
-        if not self._started:
+        if self._reader is None:
             raise RuntimeError("database not started")
         yield Repository(_Connection(self._reader), self.dialect)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Repository]:
-        if not self._started:
+        if self._writer is None:
             raise RuntimeError("database not started")
         async with self._write_lock:
             connection = _Connection(self._writer, begin=True)
             try:
                 yield Repository(connection, self.dialect)
             except BaseException:
-                await connection.finish(commit=False)
+                connection.finish(commit=False)
                 raise
-            await connection.finish(commit=True)
+            connection.finish(commit=True)
         self._changed.set()
 
     async def wait_for_changes(self, timeout: float) -> None:

@@ -1,0 +1,303 @@
+"""A backend restarted while a session runs: RabbitMQ, Redis or PostgreSQL goes down for a
+couple of seconds under a cluster (`pyarmonik local`, two agents, PostgreSQL + RabbitMQ +
+Redis) busy with a few hundred tasks; the session still completes, every output is right,
+no task is lost, none completes twice (tasks may be retried).
+
+Redis runs without persistence here: it is restarted with SHUTDOWN SAVE into a file of ours,
+which the new server loads, as a Redis that keeps its data would be (a Redis that loses its
+data on restart loses completed results, which no orchestrator can give back)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+from armonik.client import ArmoniKEvents, ArmoniKResults, ArmoniKSessions, ArmoniKTasks
+from armonik.common import Task, TaskDefinition, TaskOptions, TaskStatus
+
+from tests.helpers import PG_RABBIT_REDIS, cluster_backends, local_cluster
+
+pytestmark = pytest.mark.cluster
+
+OPTIONS = TaskOptions(max_duration=timedelta(seconds=60), priority=1, max_retries=5)
+VALUES = 240  # "value" tasks sleeping 50 ms
+FANOUTS = 10  # tasks submitting 4 children and an aggregation task that inherits their output
+DOWN = 2.0  # seconds each service stays down
+ACTIVE = frozenset(
+    {
+        TaskStatus.CREATING,
+        TaskStatus.SUBMITTED,
+        TaskStatus.DISPATCHED,
+        TaskStatus.PROCESSING,
+        TaskStatus.PENDING,
+        TaskStatus.CANCELLING,
+    }
+)
+T = TypeVar("T")
+
+
+def run(command: str, timeout: float = 120) -> None:
+    subprocess.run(command, shell=True, check=True, timeout=timeout, capture_output=True)
+
+
+def succeeds(command: str) -> bool:
+    return subprocess.run(command, shell=True, capture_output=True, timeout=60).returncode == 0
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.2)
+
+
+def restart_rabbitmq() -> None:
+    try:
+        run("rabbitmqctl stop_app")
+        time.sleep(DOWN)
+    finally:
+        run("rabbitmqctl start_app")
+        wait_until(lambda: succeeds("rabbitmqctl await_startup"), "RabbitMQ up again")
+
+
+def restart_redis() -> None:
+    def config(name: str) -> str:
+        lines = subprocess.run(
+            ["redis-cli", "config", "get", name], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+        return lines[1] if len(lines) > 1 else ""
+
+    # `dir` and `dbfilename` are protected (not settable at run time): the server saves
+    # where it is configured to, and the new one is started to load that file.
+    directory, dbfilename = config("dir"), config("dbfilename") or "dump.rdb"
+    assert directory, "Redis reports no working directory"
+    dump = Path(directory) / dbfilename
+    ours = not dump.exists()
+    try:
+        done = subprocess.run(
+            ["redis-cli", "shutdown", "save"], capture_output=True, text=True, timeout=60
+        )
+        assert "ERR" not in done.stdout, f"Redis could not save before stopping: {done.stdout}"
+        wait_until(lambda: not succeeds("redis-cli ping"), "Redis stopped", 30)
+        time.sleep(DOWN)
+    finally:
+        run(
+            'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" '
+            f"--appendonly no --dir {directory} --dbfilename {dbfilename}"
+        )
+        wait_until(
+            lambda: (
+                subprocess.run(["redis-cli", "ping"], capture_output=True, text=True).stdout.strip()
+                == "PONG"
+            ),
+            "Redis up again",
+        )
+        if ours:  # loaded: not to be loaded again by a later start
+            dump.unlink(missing_ok=True)
+
+
+def restart_postgresql() -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    control = f"pg_ctlcluster --skip-systemctl-redirect {version} main"
+    try:
+        run(f"{control} stop")
+        time.sleep(DOWN)
+    finally:
+        run(f"{control} start")
+        wait_until(lambda: succeeds("pg_isready -q -h 127.0.0.1 -p 5432"), "PostgreSQL up again")
+
+
+RESTARTS: dict[str, tuple[str, Callable[[], None]]] = {
+    "rabbitmq": ("rabbitmqctl", restart_rabbitmq),
+    "redis": ("redis-server", restart_redis),
+    "postgresql": ("pg_ctlcluster", restart_postgresql),
+}
+
+
+def retrying(call: Callable[[], T], timeout: float = 60) -> T:
+    """A client call, retried while the control plane cannot answer (its backend is down)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except grpc.RpcError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def submit(channel: grpc.Channel, session_id: str) -> list[tuple[str, bytes]]:
+    """The session's tasks; returns (output id, expected data) pairs."""
+    orders: list[tuple[dict[str, object], bytes]] = [
+        ({"kind": "value", "value": i * 11, "sleep": 0.05}, str(i * 11).encode())
+        for i in range(VALUES)
+    ]
+    for n in range(FANOUTS):
+        orders.insert(n * (VALUES // FANOUTS), ({"kind": "fanout", "n": 4}, b"10"))
+    results = ArmoniKResults(channel)
+    outputs = results.create_results_metadata(
+        [f"o{i}" for i in range(len(orders))], session_id, batch_size=500
+    )
+    payloads = results.create_results(
+        {f"p{i}": json.dumps(order).encode() for i, (order, _) in enumerate(orders)},
+        session_id,
+        batch_size=500,
+    )
+    ArmoniKTasks(channel).submit_tasks(
+        session_id,
+        [
+            TaskDefinition(
+                payload_id=payloads[f"p{i}"].result_id,
+                expected_output_ids=[outputs[f"o{i}"].result_id],
+            )
+            for i in range(len(orders))
+        ],
+        chunk_size=500,
+    )
+    return [(outputs[f"o{i}"].result_id, expected) for i, (_, expected) in enumerate(orders)]
+
+
+def all_tasks(channel: grpc.Channel, session_id: str) -> list[Task]:
+    tasks, listed, page = ArmoniKTasks(channel), [], 0
+    while True:
+        total, chunk = tasks.list_tasks(Task.session_id == session_id, page=page, page_size=1000)
+        listed += chunk
+        if len(listed) >= total or not chunk:
+            return listed
+        page += 1
+
+
+@contextmanager
+def service_left_running(service: str) -> Iterator[None]:
+    """Whatever happens, the service runs again afterwards (other tests need it)."""
+    try:
+        yield
+    finally:
+        checks = {
+            "rabbitmq": "rabbitmqctl await_startup",
+            "redis": "redis-cli ping | grep -q PONG",
+            "postgresql": "pg_isready -q -h 127.0.0.1 -p 5432",
+        }
+        if not succeeds(checks[service]):
+            RESTARTS[service][1]()
+
+
+@pytest.mark.parametrize("service", list(RESTARTS))
+def test_session_survives_a_restart_of(service: str, tmp_path: Path) -> None:
+    tool, restart = RESTARTS[service]
+    if shutil.which(tool) is None:
+        reason = f"cannot restart {service} here ({tool} not found)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI=true requires it")
+        pytest.skip(reason)
+    with (
+        cluster_backends(PG_RABBIT_REDIS, partitions=["default"]) as backends,
+        local_cluster(tmp_path, backends=backends) as cluster,
+        grpc.insecure_channel(cluster.endpoint) as channel,
+        service_left_running(service),
+    ):
+        session_id = ArmoniKSessions(channel).create_session(OPTIONS)
+        expected = submit(channel, session_id)
+        tasks = ArmoniKTasks(channel)
+
+        def completed() -> int:
+            counts = tasks.count_tasks_by_status(Task.session_id == session_id)
+            return counts.get(TaskStatus.COMPLETED, 0)
+
+        wait_until(lambda: completed() >= 30, "the session started")
+        restart()
+        after = retrying(lambda: tasks.count_tasks_by_status(Task.session_id == session_id))
+        assert ACTIVE.intersection(after), f"the session ended before the restart did: {after}"
+
+        def finished() -> bool:
+            counts = retrying(lambda: tasks.count_tasks_by_status(Task.session_id == session_id))
+            return not ACTIVE.intersection(counts)
+
+        wait_until(finished, "the session finished after the restart", timeout=180)
+        listed = retrying(lambda: all_tasks(channel, session_id))
+        statuses = Counter(task.status for task in listed)
+        assert set(statuses) <= {TaskStatus.COMPLETED, TaskStatus.RETRIED}, statuses
+        completed_once = Counter(
+            task.initial_task_id for task in listed if task.status == TaskStatus.COMPLETED
+        )
+        # Every task (client's, children, aggregations) completed, exactly once.
+        assert len(completed_once) == VALUES + FANOUTS * 6
+        assert set(completed_once.values()) == {1}
+        results = ArmoniKResults(channel)
+        for output_id, data in expected:
+            assert retrying(lambda o=output_id: results.download_result_data(o, session_id)) == data
+        print(f"{service}: {dict(statuses)}")
+
+
+def test_post_processing_given_up_is_recovered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Post-processing that fails for longer than the agent retries it (a backend down for
+    good): the message is given back, the next acquisition finds the task PROCESSING under
+    an owner that no longer holds it, and retries it; the retry completes."""
+    from pyarmonik.compute.agent import Agent, AgentSettings
+    from pyarmonik.config import Settings
+    from pyarmonik.scheduling.processing import TaskProcessing
+    from pyarmonik.storage.factory import open_backends
+    from tests.helpers import OFFICIAL_WORKER, control_plane
+
+    complete = TaskProcessing.complete
+    failures: list[str] = []
+
+    async def down_once(self: TaskProcessing, task: Any, *args: Any, **kwargs: Any) -> bool:
+        if not failures:
+            failures.append(task.task_id)
+            raise ConnectionError("the database is down (injected)")
+        return await complete(self, task, *args, **kwargs)
+
+    monkeypatch.setattr(TaskProcessing, "complete", down_once)
+    with control_plane(tmp_path, partitions=("default",)) as plane:
+        agent = Agent(
+            open_backends(Settings(data_dir=tmp_path)),
+            AgentSettings(
+                worker_command=OFFICIAL_WORKER, work_dir=tmp_path / "agent", post_retry_for=0.0
+            ),
+        )
+        loop = asyncio.new_event_loop()
+        stop = asyncio.Event()
+        runner = threading.Thread(target=loop.run_until_complete, args=(agent.run(stop),))
+        runner.start()
+        try:
+            with grpc.insecure_channel(plane.endpoint) as channel:
+                session_id = ArmoniKSessions(channel).create_session(OPTIONS)
+                results = ArmoniKResults(channel)
+                output = results.create_results_metadata(["out"], session_id)["out"].result_id
+                payload = results.create_results(
+                    {"p": json.dumps({"kind": "value", "value": 42}).encode()}, session_id
+                )["p"].result_id
+                ArmoniKTasks(channel).submit_tasks(
+                    session_id,
+                    [TaskDefinition(payload_id=payload, expected_output_ids=[output])],
+                )
+                ArmoniKEvents(channel).wait_for_result_availability([output], session_id)
+                assert results.download_result_data(output, session_id) == b"42"
+                attempts = sorted(
+                    ArmoniKTasks(channel).list_tasks(Task.session_id == session_id)[1],
+                    key=lambda t: t.id,
+                )
+        finally:
+            loop.call_soon_threadsafe(stop.set)
+            runner.join(60)
+            loop.close()
+    assert [t.status for t in attempts] == [TaskStatus.RETRIED, TaskStatus.COMPLETED]
+    assert failures == [attempts[0].id]
+    assert attempts[1].id == f"{attempts[0].id}###1"
+    assert "died" in attempts[0].output.error
