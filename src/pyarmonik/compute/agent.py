@@ -30,6 +30,7 @@ from pyarmonik.control.convert import options_to_message
 from pyarmonik.domain.errors import ArmoniKError, NotFound, Unavailable
 from pyarmonik.domain.records import Result, Session, Task
 from pyarmonik.domain.statuses import SessionStatus, TaskStatus
+from pyarmonik.observability import tracing
 from pyarmonik.observability.logging import bind
 from pyarmonik.observability.metrics import (
     AGENT_STAGE_SECONDS,
@@ -369,7 +370,11 @@ class Agent:
                 data_chunk_max_size=self.settings.data_chunk_max_size
             ),
         )
-        call = self.worker.stub.Process(request, timeout=task.options.max_duration)
+        call = self.worker.stub.Process(
+            request,
+            timeout=task.options.max_duration,
+            metadata=tracing.worker_metadata(task) or None,
+        )
         try:
             kind, detail = await self._await_unless_cancelled(call, task.task_id)
         finally:

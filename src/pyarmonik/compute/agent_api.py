@@ -15,7 +15,7 @@ import grpc
 from armonik.protogen.common import agent_common_pb2 as pb
 from armonik.protogen.worker.agent_service_pb2_grpc import AgentServicer
 
-from pyarmonik.control.convert import optional_options, timestamp
+from pyarmonik.control.convert import optional_options, task_creations, timestamp
 from pyarmonik.control.errors import rpc
 from pyarmonik.domain.errors import InvalidArgument, NotFound, Unavailable
 from pyarmonik.domain.ids import new_id
@@ -23,7 +23,7 @@ from pyarmonik.domain.records import Result, Session, Task
 from pyarmonik.domain.statuses import ResultStatus
 from pyarmonik.scheduling.backends import Backends, now
 from pyarmonik.scheduling.processing import StoredResult, TaskOutcome
-from pyarmonik.scheduling.tasks import TaskCreation, plan_tasks
+from pyarmonik.scheduling.tasks import plan_tasks
 from pyarmonik.storage.objects import single_chunk
 from pyarmonik.storage.objects.files import read_chunks, write_atomically
 
@@ -131,15 +131,7 @@ class AgentApi(AgentServicer):  # type: ignore[misc]
         self, request: pb.SubmitTasksRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitTasksResponse:
         task = self._context(request.communication_token)
-        creations = [
-            TaskCreation(
-                payload_id=c.payload_id,
-                expected_output_ids=list(c.expected_output_keys),
-                data_dependencies=list(c.data_dependencies),
-                options=optional_options(c, "task_options"),
-            )
-            for c in request.task_creations
-        ]
+        creations = task_creations(request.task_creations)
         subtasks = plan_tasks(
             task.session, optional_options(request, "task_options"), creations, parent=task.task
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from armonik.protogen.common import (
@@ -17,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pyarmonik.domain.options import TaskOptions
 from pyarmonik.domain.records import Partition, Result, Session, Task
 from pyarmonik.domain.statuses import TaskStatus
+from pyarmonik.scheduling.tasks import TaskCreation
 
 TASK_TIMES = (
     "created_at",
@@ -81,6 +83,19 @@ def options_from_message(message: objects_pb2.TaskOptions) -> TaskOptions:
 def optional_options(parent: Any, field: str) -> TaskOptions | None:
     """Options of a message field, or None when the field is absent (not merged then)."""
     return options_from_message(getattr(parent, field)) if parent.HasField(field) else None
+
+
+def task_creations(messages: Iterable[Any]) -> list[TaskCreation]:
+    """The task creations of a SubmitTasks request (client's or worker's: same fields)."""
+    return [
+        TaskCreation(
+            payload_id=c.payload_id,
+            expected_output_ids=list(c.expected_output_keys),
+            data_dependencies=list(c.data_dependencies),
+            options=optional_options(c, "task_options"),
+        )
+        for c in messages
+    ]
 
 
 def options_to_message(options: TaskOptions) -> objects_pb2.TaskOptions:

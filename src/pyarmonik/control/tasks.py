@@ -8,11 +8,11 @@ from armonik.protogen.common import objects_pb2
 from armonik.protogen.common import tasks_common_pb2 as pb
 
 from pyarmonik.control import filters
-from pyarmonik.control.convert import optional_options, task_detailed, task_summary
+from pyarmonik.control.convert import optional_options, task_creations, task_detailed, task_summary
 from pyarmonik.control.errors import rpc
 from pyarmonik.domain.filters import MATCH_ALL, ListQuery
 from pyarmonik.observability import tracing
-from pyarmonik.scheduling.tasks import TaskCreation, TaskService
+from pyarmonik.scheduling.tasks import TaskService
 
 
 def list_query(request: pb.ListTasksRequest) -> ListQuery:
@@ -33,15 +33,7 @@ class Tasks(TasksServicer):  # type: ignore[misc]
     async def SubmitTasks(
         self, request: pb.SubmitTasksRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitTasksResponse:
-        creations = [
-            TaskCreation(
-                payload_id=c.payload_id,
-                expected_output_ids=list(c.expected_output_keys),
-                data_dependencies=list(c.data_dependencies),
-                options=optional_options(c, "task_options"),
-            )
-            for c in request.task_creations
-        ]
+        creations = task_creations(request.task_creations)
         with tracing.submission_span(
             request.session_id, len(creations), context.invocation_metadata
         ):
