@@ -16,26 +16,9 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from pyarmonik.domain.options import TaskOptions
-from pyarmonik.domain.records import Partition, Result, Session, Task
+from pyarmonik.domain.records import TASK_DURATIONS, TASK_TIMES, Partition, Result, Session, Task
 from pyarmonik.domain.statuses import TaskStatus
 from pyarmonik.scheduling.tasks import TaskCreation
-
-TASK_TIMES = (
-    "created_at",
-    "submitted_at",
-    "received_at",
-    "acquired_at",
-    "fetched_at",
-    "started_at",
-    "processed_at",
-    "ended_at",
-    "pod_ttl",
-)
-TASK_DURATIONS = (
-    "creation_to_end_duration",
-    "processing_to_end_duration",
-    "received_to_end_duration",
-)
 
 
 def _microseconds(seconds: float) -> tuple[int, int]:

@@ -16,6 +16,38 @@ from pyarmonik.domain.statuses import ResultStatus, SessionStatus, TaskStatus
 
 Row = dict[str, Any]
 
+# A task's timestamps (seconds since the epoch) and durations (seconds), in wire order.
+TASK_TIMES = (
+    "created_at",
+    "submitted_at",
+    "received_at",
+    "acquired_at",
+    "fetched_at",
+    "started_at",
+    "processed_at",
+    "ended_at",
+    "pod_ttl",
+)
+TASK_DURATIONS = (
+    "creation_to_end_duration",
+    "processing_to_end_duration",
+    "received_to_end_duration",
+)
+# Every float column holding a time or a duration, whatever the record.
+TIME_COLUMNS = frozenset(
+    {
+        *TASK_TIMES,
+        *TASK_DURATIONS,
+        "cancelled_at",
+        "closed_at",
+        "purged_at",
+        "deleted_at",
+        "completed_at",
+        "duration",
+        "opt_max_duration",
+    }
+)
+
 
 def _plain_row(record: Any, skip: tuple[str, ...] = ()) -> Row:
     return {f.name: getattr(record, f.name) for f in fields(record) if f.name not in skip}

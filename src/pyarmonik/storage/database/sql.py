@@ -12,7 +12,15 @@ from typing import Any, Protocol, TypeVar, cast
 
 from pyarmonik.domain.errors import InvalidArgument
 from pyarmonik.domain.filters import MATCH_ALL, Filter, ListQuery, SqlDialect, order_by_sql, to_sql
-from pyarmonik.domain.records import Application, Partition, Result, Row, Session, Task
+from pyarmonik.domain.records import (
+    TIME_COLUMNS,
+    Application,
+    Partition,
+    Result,
+    Row,
+    Session,
+    Task,
+)
 
 Record = Session | Task | Result | Partition
 R = TypeVar("R", bound=Record)
@@ -28,30 +36,6 @@ JSON_COLUMNS = frozenset(
         "retry_of_ids",
         "parent_partition_ids",
         "pod_configuration",
-    }
-)
-# Times (seconds since the epoch) and durations (seconds), as floats.
-TIME_COLUMNS = frozenset(
-    {
-        "created_at",
-        "submitted_at",
-        "received_at",
-        "acquired_at",
-        "fetched_at",
-        "started_at",
-        "processed_at",
-        "ended_at",
-        "pod_ttl",
-        "cancelled_at",
-        "closed_at",
-        "purged_at",
-        "deleted_at",
-        "completed_at",
-        "duration",
-        "creation_to_end_duration",
-        "processing_to_end_duration",
-        "received_to_end_duration",
-        "opt_max_duration",
     }
 )
 # Stay well below SQLite's limit on bound parameters.
