@@ -62,6 +62,9 @@ class Future(Generic[T]):
         self._value: Any = _UNSET
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[Future[T]], object]] = []
+        # Set while cancel() runs: the task's output is aborted by the cancellation, and its
+        # event may arrive before cancel() returns; it must read as cancelled, not failed.
+        self._cancelling = False
 
     @property
     def result_id(self) -> str:
@@ -91,10 +94,12 @@ class Future(Generic[T]):
         """Cancel the task producing this future (Tasks.CancelTasks); False once done."""
         if self.done():
             return False
+        self._cancelling = True
         if not self._owner.cancel(self):
+            self._cancelling = False
             return False
         self._finish(CANCELLED)
-        return True
+        return self._state == CANCELLED
 
     def result(self, timeout: float | None = None) -> T:
         """The value, once the task completed; raises the task's exception if it failed."""
@@ -142,6 +147,8 @@ class Future(Generic[T]):
         with self._lock:
             if self._event.is_set():
                 return
+            if self._cancelling and state == FAILED:
+                state = CANCELLED
             self._state, self._value = state, value
             self._event.set()
             callbacks, self._callbacks = self._callbacks, []
