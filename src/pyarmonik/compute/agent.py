@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import socket
 import uuid
@@ -91,6 +92,23 @@ class Ended:
     detail: str = ""
     outcome: TaskOutcome | None = None
     processed_at: float = 0.0
+
+
+def _remove_flat_folder(folder: Path) -> bool:
+    """Remove a task folder holding only files (the usual case: a few small ones) on the
+    loop; False when it holds more than that, for a thread to remove."""
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    return False
+                os.unlink(entry.path)
+        os.rmdir(folder)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True
 
 
 class Agent:
@@ -302,7 +320,7 @@ class Agent:
         return held
 
     async def _prefetch(self, held: Held) -> None:
-        await asyncio.to_thread(held.folder.mkdir, parents=True)
+        held.folder.mkdir(parents=True)  # a metadata operation: cheaper than a thread trip
         needed = list(dict.fromkeys(held.task.dependencies))
         async with self.backends.database.read() as repository:
             found = {r.result_id: r for r in await repository.find(Result, {"result_id": needed})}
@@ -559,7 +577,8 @@ class Agent:
 
     def _forget(self, held: Held) -> None:
         self.held.pop(held.task.task_id, None)
-        asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, held.folder, True)
+        if not _remove_flat_folder(held.folder):
+            asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, held.folder, True)
 
     async def _keep_leases(self) -> None:
         while True:

@@ -1,4 +1,9 @@
-"""Local-folder object storage: one file per blob, written to a temporary name then renamed."""
+"""Local-folder object storage: one file per blob, written to a temporary name then renamed.
+
+Small files (up to INLINE_SIZE) are read and written on the event loop: a page-cache
+operation of a few microseconds costs far less than a trip to a thread (a future, a
+wake-up, two GIL hand-offs), and the agent does several per task. Larger ones go to a thread.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pyarmonik.storage.objects import CHUNK_SIZE, ObjectNotFound
+
+INLINE_SIZE = 128 * 1024
 
 
 def _append(handle: BinaryIO | None, temporary: Path, pieces: list[bytes]) -> BinaryIO:
@@ -36,10 +43,24 @@ def _open_read(path: Path) -> tuple[BinaryIO, bytes]:
     return handle, handle.read(CHUNK_SIZE)
 
 
+def _read_small(path: Path) -> tuple[BinaryIO, bytes] | None:
+    """The whole content when the file is small, read at once; else the open handle's first
+    chunk is left to a thread (None)."""
+    handle = open(path, "rb")  # noqa: SIM115 - closed here or by read_chunks
+    try:
+        if os.fstat(handle.fileno()).st_size <= INLINE_SIZE:
+            return handle, handle.read()
+    except BaseException:
+        handle.close()
+        raise
+    handle.close()
+    return None
+
+
 async def write_atomically(path: Path, chunks: AsyncIterable[bytes]) -> int:
     """Write a stream to `path` through a temporary file renamed at the end (a reader sees
-    the whole file or none). Data is written by CHUNK_SIZE batches: small data costs a single
-    trip to a thread."""
+    the whole file or none). Data is written by CHUNK_SIZE batches in a thread; data of at
+    most INLINE_SIZE in all is written on the loop."""
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     handle: BinaryIO | None = None
     pending: list[bytes] = []
@@ -52,7 +73,10 @@ async def write_atomically(path: Path, chunks: AsyncIterable[bytes]) -> int:
             if buffered >= CHUNK_SIZE:
                 handle = await asyncio.to_thread(_append, handle, temporary, pending)
                 pending, buffered = [], 0
-        await asyncio.to_thread(_finish, handle, temporary, pending, path)
+        if handle is None and size <= INLINE_SIZE:
+            _finish(handle, temporary, pending, path)
+        else:
+            await asyncio.to_thread(_finish, handle, temporary, pending, path)
     except BaseException:
         await asyncio.to_thread(_discard, handle, temporary)
         raise
@@ -60,9 +84,10 @@ async def write_atomically(path: Path, chunks: AsyncIterable[bytes]) -> int:
 
 
 async def read_chunks(path: Path) -> AsyncIterator[bytes]:
-    """Stream a file in CHUNK_SIZE pieces; a small file costs a single trip to a thread.
-    Raises FileNotFoundError when absent."""
-    handle, chunk = await asyncio.to_thread(_open_read, path)
+    """Stream a file in CHUNK_SIZE pieces, read in a thread (a small file is read on the
+    loop). Raises FileNotFoundError when absent."""
+    small = _read_small(path)
+    handle, chunk = small if small is not None else await asyncio.to_thread(_open_read, path)
     try:
         while chunk:
             yield chunk
