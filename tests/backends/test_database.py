@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from pyarmonik.domain.statuses import ResultStatus, SessionStatus, TaskStatus
 from pyarmonik.storage.database import Database
 from pyarmonik.storage.database.postgres import PostgresDatabase, numbered, redact
 from pyarmonik.storage.database.sql import CHUNK
+from pyarmonik.storage.database.sqlite import SqliteDatabase
 from tests.backends.conftest import Backend, postgres_schema
 
 NOW = 1_700_000_000.125
@@ -349,6 +351,51 @@ async def test_rollback_on_exception(database: Database) -> None:
         assert (await repository.get(Task, "t1")) == make_task("t1")
     # The database stays usable after a rollback.
     await insert(database, make_task("t4"))
+
+
+async def test_concurrent_write_blocks_are_each_committed_or_undone(
+    backend: Backend, database: Database
+) -> None:
+    """Blocks running at once (grouped in one transaction on SQLite): the failing one undoes
+    only itself, and each successful block returns once another connection sees its data."""
+    other = await backend.open()
+
+    async def write(task_id: str, fail: bool = False) -> bool:
+        async with database.write() as repository:
+            await repository.insert([make_task(task_id)])
+            if fail:
+                raise RuntimeError("boom")
+        async with other.read() as repository:  # committed when the block returns
+            return await repository.get(Task, task_id) is not None
+
+    outcomes = await asyncio.gather(
+        *(write(f"t{i}", fail=i == 3) for i in range(8)), return_exceptions=True
+    )
+    assert isinstance(outcomes[3], RuntimeError)
+    assert [o for i, o in enumerate(outcomes) if i != 3] == [True] * 7
+    async with other.read() as repository:
+        stored = sorted(t.task_id for t in await repository.find(Task, {}))
+    assert stored == [f"t{i}" for i in range(8) if i != 3]
+
+
+async def test_sqlite_groups_concurrent_write_blocks_in_one_commit(tmp_path: Path) -> None:
+    database = SqliteDatabase(tmp_path / "grouped.db")
+    await database.start()
+    assert database._writer is not None
+    statements: list[str] = []
+    database._writer.set_trace_callback(statements.append)
+
+    async def write(task_id: str) -> None:
+        async with database.write() as repository:
+            await repository.insert([make_task(task_id)])
+
+    await asyncio.gather(*(write(f"t{i}") for i in range(5)))
+    assert statements.count("COMMIT") == 1
+    assert statements.count("BEGIN IMMEDIATE") == 1
+    # Alone, a block commits by itself, without waiting for company.
+    await write("alone")
+    assert statements.count("COMMIT") == 2
+    await database.close()
 
 
 async def test_duplicate_key_fails_the_transaction(database: Database) -> None:

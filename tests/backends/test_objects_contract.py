@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +47,24 @@ async def test_round_trip(object_backend: ObjectBackend, size: int) -> None:
     if size > CHUNK_SIZE:
         assert len(chunks) >= size // CHUNK_SIZE  # streamed, not read in one piece
     assert await storage.sizes([opaque_id]) == [size]
+
+
+@pytest.mark.parametrize("size", [0, 1024, int(2.5 * CHUNK_SIZE)], ids=["0B", "1KiB", "2.5MiB"])
+async def test_put_file(object_backend: ObjectBackend, tmp_path: Path, size: int) -> None:
+    """A local file handed over is stored whole (moved or copied: the caller no longer
+    uses it), and each file gets a blob of its own."""
+    storage = object_backend.storage
+    data = os.urandom(size)
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.write_bytes(data)
+    second.write_bytes(b"other")
+    opaque_id, stored_size = await storage.put_file(first)
+    other_id, _ = await storage.put_file(second)
+    assert stored_size == size and other_id != opaque_id
+    assert await read_all(storage, opaque_id) == data
+    assert await read_all(storage, other_id) == b"other"
+    with pytest.raises(FileNotFoundError):
+        await storage.put_file(tmp_path / "absent")
 
 
 async def test_sizes_and_delete(object_backend: ObjectBackend) -> None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import shutil
 import socket
 import uuid
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from armonik.protogen.common import objects_pb2, worker_common_pb2
 from armonik.protogen.worker.agent_service_pb2_grpc import add_AgentServicer_to_server
 
 from pyarmonik.compute.agent_api import AgentApi, TaskContext, write_blob
+from pyarmonik.compute.folders import TaskFolders
 from pyarmonik.compute.worker_process import WorkerProcess
 from pyarmonik.control.convert import options_to_message
 from pyarmonik.domain.errors import ArmoniKError, NotFound, Unavailable
@@ -42,7 +41,7 @@ from pyarmonik.observability.metrics import (
     exposition,
 )
 from pyarmonik.scheduling.backends import Backends, now
-from pyarmonik.scheduling.processing import TaskOutcome, TaskProcessing, Verdict
+from pyarmonik.scheduling.processing import Acquisition, TaskOutcome, TaskProcessing, Verdict
 from pyarmonik.storage.database import Repository
 from pyarmonik.storage.queue import QueueMessage, TransactionalQueue
 
@@ -81,6 +80,16 @@ class Held:
     folder: Path
     fetched_at: float = 0.0
     prepared_at: float = 0.0
+    forgotten: bool = False
+
+
+@dataclass
+class Running:
+    """The task whose Worker.Process call is under way."""
+
+    task_id: str
+    call: grpc.aio.UnaryUnaryCall
+    cancelled: bool = False
 
 
 @dataclass
@@ -94,29 +103,13 @@ class Ended:
     processed_at: float = 0.0
 
 
-def _remove_flat_folder(folder: Path) -> bool:
-    """Remove a task folder holding only files (the usual case: a few small ones) on the
-    loop; False when it holds more than that, for a thread to remove."""
-    try:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    return False
-                os.unlink(entry.path)
-        os.rmdir(folder)
-    except FileNotFoundError:
-        pass
-    except OSError:
-        return False
-    return True
-
-
 class Agent:
     def __init__(self, backends: Backends, settings: AgentSettings):
         self.backends = backends
         self.settings = settings
         self.work_dir = settings.work_dir.resolve()
         self.held: dict[str, Held] = {}
+        self.folders = TaskFolders(self.work_dir / "tasks")
         self.prepared: asyncio.Queue[Held | None] = asyncio.Queue(maxsize=1)
         self.ended: asyncio.Queue[Ended | None] = asyncio.Queue()
         self.api = AgentApi(backends)
@@ -129,9 +122,10 @@ class Agent:
         self.processing: TaskProcessing | None = None
         self.completed = 0
         self._stopping = asyncio.Event()
+        self._running: Running | None = None
         self._slot_free = asyncio.Event()
         queue = backends.queue
-        self._acks_in_transaction = isinstance(queue, TransactionalQueue) and queue.shares(
+        self._queue_in_database = isinstance(queue, TransactionalQueue) and queue.shares(
             backends.database
         )
         self._http: web.AppRunner | None = None
@@ -141,7 +135,7 @@ class Agent:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        (self.work_dir / "tasks").mkdir(parents=True, exist_ok=True)
+        await self.folders.start()
         await self.backends.start()
         await self._start_http()
         self.processing = TaskProcessing(self.backends, self.owner_id, socket.gethostname())
@@ -166,6 +160,7 @@ class Agent:
             asyncio.create_task(self._post_loop(), name="post"),
         ]
         keeper = asyncio.create_task(self._keep_leases(), name="leases")
+        watcher = asyncio.create_task(self._watch_cancellations(), name="cancellations")
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stopper, *stages], return_when=asyncio.FIRST_COMPLETED)
         for stage in done:
@@ -174,6 +169,7 @@ class Agent:
         self._stopping.set()
         await asyncio.gather(*stages, return_exceptions=True)
         keeper.cancel()
+        watcher.cancel()
         stopper.cancel()
         await self.close()
 
@@ -234,13 +230,11 @@ class Agent:
                 if not await self._slot_freed():
                     continue
                 try:
-                    messages = await self.backends.queue.pull(
-                        self.settings.partition_id, 1, self.settings.lease
-                    )
+                    messages, taken = await self._pull()
                 except Exception:
                     BACKEND_ERRORS.labels("queue.pull").inc()
                     log.exception("pulling from the queue failed; retrying")
-                    messages = []
+                    messages, taken = [], {}
                     idle = 1.0
                 if not messages:
                     with contextlib.suppress(TimeoutError):
@@ -250,7 +244,7 @@ class Agent:
                 idle = 0.01
                 for message in messages:
                     try:
-                        held = await self._acquire(message)
+                        held = await self._acquire(message, taken.get(message.task_id))
                     except Exception:  # a backend down: the message comes back, we go on
                         BACKEND_ERRORS.labels("acquire").inc()
                         log.exception("handling the message of task %s failed", message.task_id)
@@ -282,14 +276,33 @@ class Agent:
                 await self._give_back(held)
         return False
 
-    async def _acquire(self, message: QueueMessage) -> Held | None:
+    async def _pull(self) -> tuple[list[QueueMessage], dict[str, Acquisition]]:
+        """Pull a message. With the queue in the database, its task is acquired in the same
+        transaction when it is in the common case (SUBMITTED, session RUNNING)."""
+        assert self.processing is not None
+        queue, partition, lease = (
+            self.backends.queue,
+            self.settings.partition_id,
+            self.settings.lease,
+        )
+        if not self._queue_in_database:
+            return await queue.pull(partition, 1, lease), {}
+        assert isinstance(queue, TransactionalQueue)
+        async with self.backends.database.write() as repository:
+            messages = await queue.pull_within(repository, partition, 1, lease)
+            fresh = [m.task_id for m in messages if m.task_id not in self.held]
+            taken = await self.processing.take(repository, fresh, now()) if fresh else []
+        return messages, {a.task.task_id: a for a in taken if a.task is not None}
+
+    async def _acquire(self, message: QueueMessage, taken: Acquisition | None) -> Held | None:
+        """Hold the task of a message (acquired already when `taken`), inputs prefetched."""
         assert self.processing is not None
         queue = self.backends.queue
-        if message.task_id in self.held:
+        if taken is None and message.task_id in self.held:
             await queue.ack([message])  # a duplicate of a message we are handling
             return None
         try:
-            acquisition = await self.processing.acquire(message.task_id, self.probe, now())
+            acquisition = taken or await self.processing.acquire(message.task_id, self.probe, now())
         except Exception:
             log.exception("acquiring task %s failed", message.task_id)
             await queue.release([message], delay=1.0)
@@ -302,9 +315,7 @@ class Agent:
             return None
         assert acquisition.task is not None and acquisition.session is not None
         token = uuid.uuid4().hex
-        held = Held(
-            message, acquisition.task, acquisition.session, token, self.work_dir / "tasks" / token
-        )
+        held = Held(message, acquisition.task, acquisition.session, token, self.folders.take())
         self.held[held.task.task_id] = held
         try:
             await self._prefetch(held)
@@ -320,7 +331,6 @@ class Agent:
         return held
 
     async def _prefetch(self, held: Held) -> None:
-        held.folder.mkdir(parents=True)  # a metadata operation: cheaper than a thread trip
         needed = list(dict.fromkeys(held.task.dependencies))
         async with self.backends.database.read() as repository:
             found = {r.result_id: r for r in await repository.find(Result, {"result_id": needed})}
@@ -418,44 +428,55 @@ class Agent:
     async def _await_unless_cancelled(
         self, call: grpc.aio.UnaryUnaryCall, task_id: str
     ) -> tuple[str, str]:
-        reply_task = asyncio.ensure_future(call)
-        watch = asyncio.create_task(self._cancelled(task_id))
-        done, _ = await asyncio.wait([reply_task, watch], return_when=asyncio.FIRST_COMPLETED)
-        if reply_task not in done:
-            call.cancel()
-            with contextlib.suppress(BaseException):
-                await reply_task
-            return "cancelled", "Task was cancelled"
-        watch.cancel()
+        """Await the worker's reply; `_watch_cancellations` cancels the call meanwhile if the
+        task or its session is cancelled."""
+        running = self._running = Running(task_id, call)
         try:
-            reply = reply_task.result()
+            reply = await call
         except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the agent itself is being cancelled
+            if running.cancelled:
+                return "cancelled", "Task was cancelled"
             return "crash", "Worker call was cancelled"
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 return "timeout", "Deadline exceeded (max_duration)"
+            if running.cancelled:
+                return "cancelled", "Task was cancelled"
             return "crash", f"Worker returned error {error.code().name}:\n{error.details()}"
+        finally:
+            self._running = None
         if reply.output.WhichOneof("type") == "error":
             return "error", reply.output.error.details
         return "ok", ""
 
-    async def _cancelled(self, task_id: str) -> None:
-        """Return once the task or its session is cancelled."""
+    async def _watch_cancellations(self) -> None:
+        """Every `cancel_poll` seconds, stop the running task if it or its session was
+        cancelled (one loop for the agent's life, not a watcher per task)."""
         assert self.processing is not None
         while True:
             await asyncio.sleep(self.settings.cancel_poll)
+            running = self._running
+            if running is None:
+                continue
             try:
-                status = await self.processing.status_of(task_id)
+                status = await self.processing.status_of(running.task_id)
             except Exception as error:  # unknown is not cancelled: the task goes on
                 BACKEND_ERRORS.labels("cancel_poll").inc()
-                log.warning("checking whether task %s is cancelled failed: %r", task_id, error)
+                log.warning(
+                    "checking whether task %s is cancelled failed: %r", running.task_id, error
+                )
                 continue
-            if (
+            cancelled = (
                 status is None
                 or status[0] in CANCEL_STATUSES
                 or status[1] == SessionStatus.CANCELLED
-            ):
-                return
+            )
+            if cancelled and self._running is running:
+                running.cancelled = True
+                running.call.cancel()
 
     # -- post stage --------------------------------------------------------------------------
 
@@ -531,9 +552,10 @@ class Agent:
             await self.processing.fail(task, ended.detail, retry=True)
         elif ended.kind == "cancelled":
             await self.processing.cancelled(task)
-        if not committed and outcome.stored:
-            await self.backends.objects.delete([s.opaque_id for s in outcome.stored])
-        if not (committed and self._acks_in_transaction):
+        unused = outcome.replaced + ([] if committed else [s.opaque_id for s in outcome.stored])
+        if unused:
+            await self.backends.objects.delete(unused)
+        if not (committed and self._queue_in_database):
             await self.backends.queue.ack([held.message])
         self._forget(held)
         self._observe(ended, "completed" if committed else ended.kind)
@@ -562,7 +584,7 @@ class Agent:
 
         try:
             committed = await self.processing.complete(
-                held.task, outcome, processed_at, within=ack if self._acks_in_transaction else None
+                held.task, outcome, processed_at, within=ack if self._queue_in_database else None
             )
         except Unavailable:
             raise  # a backend is down: not the task's fault, post-processing is retried
@@ -577,8 +599,9 @@ class Agent:
 
     def _forget(self, held: Held) -> None:
         self.held.pop(held.task.task_id, None)
-        if not _remove_flat_folder(held.folder):
-            asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, held.folder, True)
+        if not held.forgotten:  # a folder given back twice would go to two tasks
+            held.forgotten = True
+            self.folders.give_back(held.folder)
 
     async def _keep_leases(self) -> None:
         while True:

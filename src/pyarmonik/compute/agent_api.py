@@ -25,7 +25,7 @@ from pyarmonik.scheduling.backends import Backends, now
 from pyarmonik.scheduling.processing import StoredResult, TaskOutcome
 from pyarmonik.scheduling.tasks import plan_tasks
 from pyarmonik.storage.objects import single_chunk
-from pyarmonik.storage.objects.files import read_chunks, write_atomically
+from pyarmonik.storage.objects.files import write_file
 
 
 @dataclass
@@ -115,14 +115,19 @@ class AgentApi(AgentServicer):  # type: ignore[misc]
                 f"Results {', '.join(unknown)} are neither outputs of the task nor created by it"
             )
         for result_id in ids:
+            path = task.folder / result_id
+            earlier = next((s for s in task.outcome.stored if s.result_id == result_id), None)
+            if earlier is not None and not path.exists():
+                continue  # notified again: its file was stored (and moved) the first time
             try:
-                opaque_id, size = await self.backends.objects.put(
-                    read_chunks(task.folder / result_id)
-                )
+                opaque_id, size = await self.backends.objects.put_file(path)
             except FileNotFoundError:
                 raise NotFound(
                     f"No data file for result {result_id} in the task's data folder"
                 ) from None
+            if earlier is not None:  # written anew since: the last data wins
+                task.outcome.stored.remove(earlier)
+                task.outcome.replaced.append(earlier.opaque_id)
             task.outcome.stored.append(StoredResult(result_id, opaque_id, size))
         return pb.NotifyResultDataResponse(result_ids=ids)
 
@@ -182,5 +187,6 @@ class AgentApi(AgentServicer):  # type: ignore[misc]
 
 
 async def write_blob(backends: Backends, opaque_id: bytes, path: Path) -> None:
-    """Copy a blob into a file, atomically."""
-    await write_atomically(path, backends.objects.get(opaque_id))
+    """Copy a blob into a file of the task's folder (the worker reads it only once told to:
+    no need for a temporary file)."""
+    await write_file(path, backends.objects.get(opaque_id))

@@ -18,9 +18,9 @@ from pyarmonik.domain.statuses import (
     SessionStatus,
     TaskStatus,
 )
-from pyarmonik.scheduling.backends import now
+from pyarmonik.scheduling.backends import Backends, now
 from pyarmonik.storage.database import Repository
-from pyarmonik.storage.queue import Queue
+from pyarmonik.storage.queue import Queue, TransactionalQueue
 
 UNUSABLE_RESULTS = frozenset({ResultStatus.ABORTED, ResultStatus.DELETED})
 
@@ -34,13 +34,32 @@ class ReadyTask:
     priority: int
 
 
-async def push_ready(queue: Queue, ready: Sequence[ReadyTask]) -> None:
-    """Push ready tasks, grouped by partition, highest priority first."""
+def _by_partition(ready: Sequence[ReadyTask]) -> dict[str, list[tuple[str, int]]]:
+    """Messages grouped by partition, highest priority first."""
     by_partition: dict[str, list[tuple[str, int]]] = {}
     for task in sorted(ready, key=lambda t: -t.priority):
         by_partition.setdefault(task.partition_id, []).append((task.task_id, task.priority))
-    for partition_id, messages in by_partition.items():
+    return by_partition
+
+
+async def push_ready(queue: Queue, ready: Sequence[ReadyTask]) -> None:
+    """Push ready tasks, once the transaction that made them ready committed."""
+    for partition_id, messages in _by_partition(ready).items():
         await queue.push(partition_id, messages)
+
+
+async def push_ready_within(
+    backends: Backends, repository: Repository, ready: list[ReadyTask]
+) -> list[ReadyTask]:
+    """Push ready tasks inside the caller's transaction when the queue lives in the database
+    (a task and its message commit together: none is left SUBMITTED without one); else
+    return them, for `push_ready` after the commit."""
+    queue = backends.queue
+    if not ready or not (isinstance(queue, TransactionalQueue) and queue.shares(backends.database)):
+        return ready
+    for partition_id, messages in _by_partition(ready).items():
+        await queue.push_within(repository, partition_id, messages)
+    return []
 
 
 async def create_tasks(

@@ -22,6 +22,7 @@ from pyarmonik.scheduling.graph import (
     ReadyTask,
     create_tasks,
     push_ready,
+    push_ready_within,
     resolve,
     submit,
     terminate,
@@ -65,6 +66,7 @@ class TaskOutcome:
 
     created: list[Result] = field(default_factory=list)
     stored: list[StoredResult] = field(default_factory=list)
+    replaced: list[bytes] = field(default_factory=list)  # blobs stored, then written anew
     subtasks: list[Task] = field(default_factory=list)
 
 
@@ -117,21 +119,23 @@ class TaskProcessing:
 
     async def _try_dispatch(self, task_id: str, received_at: float) -> Acquisition | None:
         """The common case in one transaction: a SUBMITTED task of a RUNNING session."""
-        try:
-            async with self.backends.database.write() as repository:
-                taken = await repository.update_returning(
-                    Task,
-                    {"task_id": task_id, "status": TaskStatus.SUBMITTED, "owner_pod_id": ""},
-                    self._dispatched(received_at),
-                )
-                if not taken:
-                    return None
-                session = await repository.get(Session, taken[0].session_id)
-                if session is None or session.status != SessionStatus.RUNNING:
-                    raise _NotOurs  # roll back; the full analysis below decides
-                return Acquisition(Verdict.ACQUIRED, taken[0], session)
-        except _NotOurs:
-            return None
+        async with self.backends.database.write() as repository:
+            taken = await self.take(repository, [task_id], received_at)
+        return taken[0] if taken else None
+
+    async def take(
+        self, repository: Repository, task_ids: list[str], received_at: float
+    ) -> list[Acquisition]:
+        """Acquire, inside the caller's transaction, those of the tasks in the common case
+        (SUBMITTED, unowned, session RUNNING); the others need `acquire`'s full analysis."""
+        taken = await repository.take_tasks(task_ids, self._dispatched(received_at))
+        if not taken:
+            return []
+        session_ids = list({task.session_id for task in taken})
+        sessions = {
+            s.session_id: s for s in await repository.find(Session, {"session_id": session_ids})
+        }
+        return [Acquisition(Verdict.ACQUIRED, task, sessions[task.session_id]) for task in taken]
 
     def _dispatched(self, received_at: float) -> dict[str, object]:
         return {
@@ -286,6 +290,7 @@ class TaskProcessing:
                 )
                 if not done:
                     raise _NotOurs
+                ready = await push_ready_within(self.backends, repository, ready)
                 if within is not None:
                     await within(repository)
         except _NotOurs:
@@ -328,6 +333,7 @@ class TaskProcessing:
                 return current.status if current else status
             if retrying:
                 ready = await self._retry(repository, session, task)
+                ready = await push_ready_within(self.backends, repository, ready)
             else:
                 await terminate(
                     repository,

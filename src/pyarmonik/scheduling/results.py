@@ -10,7 +10,7 @@ from pyarmonik.domain.ids import new_id
 from pyarmonik.domain.records import Result
 from pyarmonik.domain.statuses import ResultStatus, SessionStatus
 from pyarmonik.scheduling.backends import Backends, now
-from pyarmonik.scheduling.graph import push_ready, resolve
+from pyarmonik.scheduling.graph import push_ready, push_ready_within, resolve
 from pyarmonik.scheduling.sessions import load_session
 from pyarmonik.storage.database import Repository
 from pyarmonik.storage.objects import single_chunk
@@ -141,6 +141,7 @@ class ResultService:
                     },
                 )
             ready = await resolve(repository, session, [r.result_id for r in completed])
+            ready = await push_ready_within(self.backends, repository, ready)
         await push_ready(self.backends.queue, ready)
         return completed
 

@@ -15,7 +15,7 @@ from pyarmonik.domain.statuses import (
     TaskStatus,
 )
 from pyarmonik.scheduling.backends import Backends, now
-from pyarmonik.scheduling.graph import ReadyTask, push_ready, terminate
+from pyarmonik.scheduling.graph import ReadyTask, push_ready, push_ready_within, terminate
 from pyarmonik.storage.database import Repository
 
 # Tasks that no agent holds: a cancellation ends them at once.
@@ -130,10 +130,12 @@ class SessionService:
                     {"session_id": session_id, "status": TaskStatus.PAUSED},
                     {"status": TaskStatus.SUBMITTED, "owner_pod_id": "", "submitted_at": now()},
                 )
-        await push_ready(
-            self.backends.queue,
-            [ReadyTask(t.task_id, t.options.partition_id, t.options.priority) for t in resumed],
-        )
+            ready = await push_ready_within(
+                self.backends,
+                repository,
+                [ReadyTask(t.task_id, t.options.partition_id, t.options.priority) for t in resumed],
+            )
+        await push_ready(self.backends.queue, ready)
         return session
 
     async def close(self, session_id: str) -> Session:

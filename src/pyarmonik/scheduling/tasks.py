@@ -10,7 +10,7 @@ from pyarmonik.domain.ids import new_id
 from pyarmonik.domain.options import TaskOptions
 from pyarmonik.domain.records import Session, Task
 from pyarmonik.scheduling.backends import Backends, now
-from pyarmonik.scheduling.graph import ReadyTask, create_tasks, push_ready
+from pyarmonik.scheduling.graph import ReadyTask, create_tasks, push_ready, push_ready_within
 from pyarmonik.scheduling.sessions import cancel_tasks_in, load_session
 from pyarmonik.storage.database import Repository
 
@@ -85,6 +85,7 @@ class TaskService:
             session = await load_session(repository, session_id)
             tasks = plan_tasks(session, request_options, creations)
             ready: list[ReadyTask] = await create_tasks(repository, session, tasks)
+            ready = await push_ready_within(self.backends, repository, ready)
         await push_ready(self.backends.queue, ready)
         return tasks
 

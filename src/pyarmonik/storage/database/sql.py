@@ -21,6 +21,7 @@ from pyarmonik.domain.records import (
     Session,
     Task,
 )
+from pyarmonik.domain.statuses import SessionStatus, TaskStatus
 
 Record = Session | Task | Result | Partition
 R = TypeVar("R", bound=Record)
@@ -199,6 +200,22 @@ class Repository:
             )
             records += _records(kind, rows)
         return records
+
+    async def take_tasks(self, task_ids: Sequence[str], values: dict[str, Any]) -> list[Task]:
+        """Set `values` on those of the tasks that are SUBMITTED, unowned and in a RUNNING
+        session (a polling agent acquiring them); return them as they are after it."""
+        assignments = ",".join(f"{column} = ?" for column in values)
+        set_params: list[Any] = [_encode(c, v) for c, v in values.items()]
+        taken: list[Task] = []
+        for part in chunks(list(task_ids)):
+            rows = await self.connection.fetch(
+                f"UPDATE tasks SET {assignments} WHERE task_id IN ({','.join('?' * len(part))}) "
+                "AND status = ? AND owner_pod_id = '' AND session_id IN "
+                "(SELECT session_id FROM sessions WHERE status = ?) RETURNING *",
+                [*set_params, *part, int(TaskStatus.SUBMITTED), int(SessionStatus.RUNNING)],
+            )
+            taken += _records(Task, rows)
+        return taken
 
     async def update_each(
         self, kind: type[R], key_values: list[tuple[str, dict[str, Any]]]

@@ -6,6 +6,13 @@ thread costs more than running it (a future, a wake-up, the GIL) and was the lar
 an agent. What could block is kept off the loop: lock waits are asynchronous retries
 (busy_timeout is 0), commits do not fsync (WAL with synchronous=NORMAL), and checkpoints,
 which do, run in a thread.
+
+Writes are group-committed: the write blocks of this process that start while a transaction
+is open join it, each in a savepoint of its own (a block that fails undoes only itself), and
+every block returns once the shared COMMIT is done. Between processes a commit is what costs
+(WAL frames written, the other connections' page caches invalidated): the agent's start of
+task n, completion of task n-1 and acquisition of task n+1, woken by the same event, become
+one transaction instead of three.
 """
 
 from __future__ import annotations
@@ -154,6 +161,9 @@ END;
 """
 
 BUSY_TIMEOUT = 60.0  # seconds another process may hold the write lock (a huge submission)
+# Loop iterations a batch stays open for more blocks to join (blocks queued for the lock by
+# then join too; later ones make the next batch).
+BATCH_WINDOW = 2
 CHECKPOINT_EVERY = 1.0
 T = TypeVar("T")
 
@@ -206,17 +216,22 @@ def _executemany(connection: sqlite3.Connection, sql: str, params: list[tuple[An
 
 
 class _Connection:
-    """The SqlConnection protocol on a sqlite3 connection; a write transaction begins with
-    its first statement (BEGIN IMMEDIATE, waited for asynchronously)."""
+    """The SqlConnection protocol on a sqlite3 connection. In a write block the transaction
+    begins with the block's first statement (BEGIN IMMEDIATE, waited for asynchronously,
+    unless the batch began it already), then the block's savepoint."""
 
-    def __init__(self, connection: sqlite3.Connection, begin: bool = False):
+    def __init__(self, connection: sqlite3.Connection, batch: _Batch | None = None):
         self._connection = connection
-        self._begin = begin
+        self._batch = batch
+        self.wrote = False  # the block sent a statement (it has a savepoint to end)
 
     async def _begun(self) -> None:
-        if self._begin:
-            await _when_free(self._connection.execute, "BEGIN IMMEDIATE")
-            self._begin = False
+        if self._batch is not None and not self.wrote:
+            if not self._batch.begun:
+                await _when_free(self._connection.execute, "BEGIN IMMEDIATE")
+                self._batch.begun = True
+            self._connection.execute("SAVEPOINT block")
+            self.wrote = True
 
     async def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> int:
         await self._begun()
@@ -230,9 +245,19 @@ class _Connection:
         await self._begun()
         return await _when_free(_fetch, self._connection, sql, params)
 
-    def finish(self, commit: bool) -> None:
-        if not self._begin:  # else nothing was sent: no transaction to end
-            self._connection.execute("COMMIT" if commit else "ROLLBACK")
+    def end_block(self, keep: bool) -> None:
+        if self.wrote:  # else nothing was sent: no savepoint to end
+            if not keep:
+                self._connection.execute("ROLLBACK TO block")
+            self._connection.execute("RELEASE block")
+
+
+class _Batch:
+    """Write blocks sharing one transaction, and the COMMIT they all wait for."""
+
+    def __init__(self) -> None:
+        self.begun = False
+        self.committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
 class SqliteDatabase:
@@ -246,6 +271,8 @@ class SqliteDatabase:
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._write_lock = asyncio.Lock()
+        self._batch: _Batch | None = None
+        self._committers: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
         self._checkpointer: asyncio.Task[None] | None = None
 
@@ -276,6 +303,8 @@ class SqliteDatabase:
             connection.close()
 
     async def close(self) -> None:
+        if self._committers:  # writes under way are committed, not dropped
+            await asyncio.gather(*self._committers, return_exceptions=True)
         if self._checkpointer is not None:
             self._checkpointer.cancel()
             with suppress(asyncio.CancelledError):
@@ -293,16 +322,46 @@ class SqliteDatabase:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Repository]:
+        """A write block: returns once its changes are committed (see the module docstring)."""
         if self._writer is None:
             raise RuntimeError("database not started")
         async with self._write_lock:
-            connection = _Connection(self._writer, begin=True)
+            batch = self._batch
+            if batch is None:
+                batch = self._batch = _Batch()
+                committer = asyncio.get_running_loop().create_task(self._commit(batch))
+                self._committers.add(committer)
+                committer.add_done_callback(self._committers.discard)
+            connection = _Connection(self._writer, batch)
             try:
                 yield Repository(connection, self.dialect)
             except BaseException:
-                connection.finish(commit=False)
+                connection.end_block(keep=False)
                 raise
-            connection.finish(commit=True)
+            connection.end_block(keep=True)
+            if not connection.wrote:
+                return
+        await asyncio.shield(batch.committed)
+
+    async def _commit(self, batch: _Batch) -> None:
+        for _ in range(BATCH_WINDOW):
+            await asyncio.sleep(0)
+        async with self._write_lock:
+            if self._batch is batch:
+                self._batch = None
+            assert self._writer is not None
+            try:
+                if batch.begun:
+                    self._writer.execute("COMMIT")
+            except BaseException as error:
+                with suppress(sqlite3.Error):
+                    self._writer.execute("ROLLBACK")
+                batch.committed.set_exception(error)
+                batch.committed.exception()  # retrieved: each waiting block raises it
+                if not isinstance(error, Exception):
+                    raise
+            else:
+                batch.committed.set_result(None)
         self._changed.set()
 
     async def wait_for_changes(self, timeout: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import Path
 from typing import Protocol
 
 from pyarmonik.domain.errors import NotFound
@@ -22,6 +23,11 @@ class ObjectStorage(Protocol):
 
     async def put(self, chunks: AsyncIterable[bytes]) -> tuple[bytes, int]:
         """Store a blob; return its opaque id and size. Atomic: a blob is whole or absent."""
+        ...
+
+    async def put_file(self, path: Path) -> tuple[bytes, int]:
+        """Store a local file's content, like `put`. The file is handed over: it may be moved
+        into the storage, so the caller must not use it afterwards."""
         ...
 
     def get(self, opaque_id: bytes) -> AsyncIterator[bytes]:

@@ -1,4 +1,5 @@
-"""Local-folder object storage: one file per blob, written to a temporary name then renamed.
+"""Local-folder object storage: one file per blob, written to a temporary name then renamed
+(or, for a file handed over by `put_file`, renamed itself).
 
 Small files (up to INLINE_SIZE) are read and written on the event loop: a page-cache
 operation of a few microseconds costs far less than a trip to a thread (a future, a
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
@@ -20,22 +22,15 @@ from pyarmonik.storage.objects import CHUNK_SIZE, ObjectNotFound
 INLINE_SIZE = 128 * 1024
 
 
-def _append(handle: BinaryIO | None, temporary: Path, pieces: list[bytes]) -> BinaryIO:
+def _append(handle: BinaryIO | None, path: Path, pieces: list[bytes]) -> BinaryIO:
     if handle is None:
-        handle = open(temporary, "wb")  # noqa: SIM115 - closed by _finish or _discard
+        handle = open(path, "wb")  # noqa: SIM115 - closed by write_file
     handle.writelines(pieces)
     return handle
 
 
-def _finish(handle: BinaryIO | None, temporary: Path, pieces: list[bytes], path: Path) -> None:
-    _append(handle, temporary, pieces).close()
-    os.replace(temporary, path)
-
-
-def _discard(handle: BinaryIO | None, temporary: Path) -> None:
-    if handle is not None:
-        handle.close()
-    temporary.unlink(missing_ok=True)
+def _close(handle: BinaryIO | None, path: Path, pieces: list[bytes]) -> None:
+    _append(handle, path, pieces).close()
 
 
 def _open_read(path: Path) -> tuple[BinaryIO, bytes]:
@@ -57,11 +52,9 @@ def _read_small(path: Path) -> tuple[BinaryIO, bytes] | None:
     return None
 
 
-async def write_atomically(path: Path, chunks: AsyncIterable[bytes]) -> int:
-    """Write a stream to `path` through a temporary file renamed at the end (a reader sees
-    the whole file or none). Data is written by CHUNK_SIZE batches in a thread; data of at
-    most INLINE_SIZE in all is written on the loop."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+async def write_file(path: Path, chunks: AsyncIterable[bytes]) -> int:
+    """Write a stream to `path` (created or truncated), by CHUNK_SIZE batches in a thread;
+    data of at most INLINE_SIZE in all is written on the loop. Returns the size."""
     handle: BinaryIO | None = None
     pending: list[bytes] = []
     buffered = size = 0
@@ -71,14 +64,28 @@ async def write_atomically(path: Path, chunks: AsyncIterable[bytes]) -> int:
             buffered += len(chunk)
             size += len(chunk)
             if buffered >= CHUNK_SIZE:
-                handle = await asyncio.to_thread(_append, handle, temporary, pending)
+                handle = await asyncio.to_thread(_append, handle, path, pending)
                 pending, buffered = [], 0
         if handle is None and size <= INLINE_SIZE:
-            _finish(handle, temporary, pending, path)
+            _close(handle, path, pending)
         else:
-            await asyncio.to_thread(_finish, handle, temporary, pending, path)
+            await asyncio.to_thread(_close, handle, path, pending)
     except BaseException:
-        await asyncio.to_thread(_discard, handle, temporary)
+        if handle is not None:
+            handle.close()
+        raise
+    return size
+
+
+async def write_atomically(path: Path, chunks: AsyncIterable[bytes]) -> int:
+    """`write_file` through a temporary file renamed at the end: a reader sees the whole
+    file or none."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        size = await write_file(temporary, chunks)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
         raise
     return size
 
@@ -122,6 +129,19 @@ class FileStorage:
     async def put(self, chunks: AsyncIterable[bytes]) -> tuple[bytes, int]:
         opaque_id = uuid.uuid4().hex
         size = await write_atomically(self.root / opaque_id, chunks)
+        return opaque_id.encode(), size
+
+    async def put_file(self, path: Path) -> tuple[bytes, int]:
+        """The file becomes the blob, renamed into the folder (no copy) when both are on one
+        file system. A rename is atomic, so readers still see whole blobs or none."""
+        opaque_id = uuid.uuid4().hex
+        size = os.stat(path).st_size
+        try:
+            os.rename(path, self.root / opaque_id)
+        except OSError as error:
+            if error.errno != errno.EXDEV:
+                raise
+            return await self.put(read_chunks(path))
         return opaque_id.encode(), size
 
     async def get(self, opaque_id: bytes) -> AsyncIterator[bytes]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import Path
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -25,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pyarmonik.domain.errors import Unavailable
 from pyarmonik.storage.objects import CHUNK_SIZE, ObjectNotFound
+from pyarmonik.storage.objects.files import read_chunks
 from pyarmonik.storage.urls import pop_query
 
 # Idempotent (a retried call after a lost reply finds the header already there): persist every
@@ -99,6 +101,9 @@ class RedisStorage:
     def _header(self, opaque_id: bytes | str) -> str:
         name = opaque_id.decode("ascii", "replace") if isinstance(opaque_id, bytes) else opaque_id
         return f"{self.prefix}{{{name}}}"
+
+    async def put_file(self, path: Path) -> tuple[bytes, int]:
+        return await self.put(read_chunks(path))
 
     async def put(self, chunks: AsyncIterable[bytes]) -> tuple[bytes, int]:
         opaque_id = uuid.uuid4().hex

@@ -15,6 +15,7 @@ import os
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -24,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pyarmonik.domain.errors import Unavailable
 from pyarmonik.storage.objects import CHUNK_SIZE, ObjectNotFound
+from pyarmonik.storage.objects.files import read_chunks
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -125,6 +127,9 @@ class S3Storage:
 
     def _key(self, opaque_id: bytes) -> str:
         return self.key_prefix + opaque_id.decode("ascii", "replace")
+
+    async def put_file(self, path: Path) -> tuple[bytes, int]:
+        return await self.put(read_chunks(path))
 
     async def put(self, chunks: AsyncIterable[bytes]) -> tuple[bytes, int]:
         opaque_id = uuid.uuid4().hex.encode()

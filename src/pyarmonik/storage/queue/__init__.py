@@ -57,11 +57,20 @@ class Queue(Protocol):
 
 @runtime_checkable
 class TransactionalQueue(Protocol):
-    """A queue kept in the database itself can ack inside a database transaction, so that a
-    task's completion and its message's removal commit together."""
+    """A queue kept in the database itself works inside a database transaction: messages
+    commit with the tasks they announce, a delivery with its task's acquisition, a task's
+    completion with its message's removal."""
 
     def shares(self, database: object) -> bool:
         """True when this queue lives in `database`."""
         ...
+
+    async def push_within(
+        self, repository: Repository, partition_id: str, messages: list[tuple[str, int]]
+    ) -> None: ...
+
+    async def pull_within(
+        self, repository: Repository, partition_id: str, count: int, lease: float
+    ) -> list[QueueMessage]: ...
 
     async def ack_within(self, repository: Repository, messages: list[QueueMessage]) -> None: ...

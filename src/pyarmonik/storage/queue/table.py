@@ -59,27 +59,35 @@ class TableQueue:
         await self.database.check_health()
 
     async def push(self, partition_id: str, messages: list[tuple[str, int]]) -> None:
-        if not messages:
-            return
+        if messages:
+            async with self.database.write() as repository:
+                await self.push_within(repository, partition_id, messages)
+
+    async def push_within(
+        self, repository: Repository, partition_id: str, messages: list[tuple[str, int]]
+    ) -> None:
         now = time.time()
-        async with self.database.write() as repository:
-            await repository.connection.executemany(
-                "INSERT INTO queue (partition_id, priority, task_id, visible_at) "
-                "VALUES (?, ?, ?, ?)",
-                [(partition_id, priority, task_id, now) for task_id, priority in messages],
-            )
+        await repository.connection.executemany(
+            "INSERT INTO queue (partition_id, priority, task_id, visible_at) VALUES (?, ?, ?, ?)",
+            [(partition_id, priority, task_id, now) for task_id, priority in messages],
+        )
 
     async def pull(self, partition_id: str, count: int, lease: float) -> list[QueueMessage]:
+        async with self.database.write() as repository:
+            return await self.pull_within(repository, partition_id, count, lease)
+
+    async def pull_within(
+        self, repository: Repository, partition_id: str, count: int, lease: float
+    ) -> list[QueueMessage]:
         now = time.time()
         receipt = uuid.uuid4().hex
-        async with self.database.write() as repository:
-            rows = await repository.connection.fetch(
-                "UPDATE queue SET visible_at = ?, receipt = ? WHERE id IN ("
-                "SELECT id FROM queue WHERE partition_id = ? AND visible_at <= ? "
-                f"ORDER BY priority DESC, id LIMIT ?{SKIP_LOCKED[self.kind]}) "
-                "RETURNING id, task_id, priority",
-                [now + lease, receipt, partition_id, now, count],
-            )
+        rows = await repository.connection.fetch(
+            "UPDATE queue SET visible_at = ?, receipt = ? WHERE id IN ("
+            "SELECT id FROM queue WHERE partition_id = ? AND visible_at <= ? "
+            f"ORDER BY priority DESC, id LIMIT ?{SKIP_LOCKED[self.kind]}) "
+            "RETURNING id, task_id, priority",
+            [now + lease, receipt, partition_id, now, count],
+        )
         rows.sort(key=lambda row: (-row["priority"], row["id"]))
         return [
             QueueMessage(row["task_id"], partition_id, f"{row['id']}:{receipt}") for row in rows
