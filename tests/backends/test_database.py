@@ -356,8 +356,9 @@ async def test_rollback_on_exception(database: Database) -> None:
 async def test_concurrent_write_blocks_are_each_committed_or_undone(
     backend: Backend, database: Database
 ) -> None:
-    """Blocks running at once (grouped in one transaction on SQLite): the failing one undoes
-    only itself, and each successful block returns once another connection sees its data."""
+    """Blocks running at once (grouped in one transaction on SQLite): a failing one undoes
+    only itself (the first as well as a later one), and each successful block returns once
+    another connection sees its data."""
     other = await backend.open()
 
     async def write(task_id: str, fail: bool = False) -> bool:
@@ -369,13 +370,13 @@ async def test_concurrent_write_blocks_are_each_committed_or_undone(
             return await repository.get(Task, task_id) is not None
 
     outcomes = await asyncio.gather(
-        *(write(f"t{i}", fail=i == 3) for i in range(8)), return_exceptions=True
+        *(write(f"t{i}", fail=i in (0, 3)) for i in range(8)), return_exceptions=True
     )
-    assert isinstance(outcomes[3], RuntimeError)
-    assert [o for i, o in enumerate(outcomes) if i != 3] == [True] * 7
+    assert isinstance(outcomes[0], RuntimeError) and isinstance(outcomes[3], RuntimeError)
+    assert [o for i, o in enumerate(outcomes) if i not in (0, 3)] == [True] * 6
     async with other.read() as repository:
         stored = sorted(t.task_id for t in await repository.find(Task, {}))
-    assert stored == [f"t{i}" for i in range(8) if i != 3]
+    assert stored == [f"t{i}" for i in range(8) if i not in (0, 3)]
 
 
 async def test_sqlite_groups_concurrent_write_blocks_in_one_commit(tmp_path: Path) -> None:
@@ -574,6 +575,30 @@ async def test_list_applications(database: Database) -> None:
 
 
 # ---------------------------------------------------------------- ownership and dependencies
+
+
+async def test_take_tasks_only_takes_submitted_unowned_tasks_of_running_sessions(
+    database: Database,
+) -> None:
+    running = make_session("run")
+    running.status = SessionStatus.RUNNING
+    await insert(database, running, make_session("paused"))
+    await insert(
+        database,
+        make_task("free", "run"),
+        make_task("owned", "run", owner_pod_id="other:1"),
+        make_task("pending", "run", status=TaskStatus.PENDING),
+        make_task("of-paused", "paused"),
+    )
+    ids = ["free", "owned", "pending", "of-paused", "unknown"]
+    values = {"status": TaskStatus.DISPATCHED, "owner_pod_id": "me:1", "acquired_at": NOW}
+    async with database.write() as repository:
+        taken = await repository.take_tasks(ids, values)
+    assert [(t.task_id, t.status, t.owner_pod_id) for t in taken] == [
+        ("free", TaskStatus.DISPATCHED, "me:1")
+    ]
+    async with database.write() as repository:  # taken: not free any more
+        assert await repository.take_tasks(ids, values) == []
 
 
 async def test_set_owners_first_claimant_wins(database: Database) -> None:

@@ -67,6 +67,22 @@ async def test_put_file(object_backend: ObjectBackend, tmp_path: Path, size: int
         await storage.put_file(tmp_path / "absent")
 
 
+async def test_get_file(object_backend: ObjectBackend, tmp_path: Path) -> None:
+    """A blob written into a local file, again over an earlier copy; absent: ObjectNotFound."""
+    storage = object_backend.storage
+    data = os.urandom(3000)
+    opaque_id, _ = await storage.put(single_chunk(data))
+    target = tmp_path / "input"
+    await storage.get_file(opaque_id, target)
+    assert target.read_bytes() == data
+    other_id, _ = await storage.put(single_chunk(b"other"))
+    await storage.get_file(other_id, target)
+    assert target.read_bytes() == b"other"
+    await storage.delete([opaque_id])
+    with pytest.raises(ObjectNotFound):
+        await storage.get_file(opaque_id, tmp_path / "absent")
+
+
 async def test_sizes_and_delete(object_backend: ObjectBackend) -> None:
     storage = object_backend.storage
     first, _ = await storage.put(single_chunk(b"x" * 10))

@@ -141,3 +141,44 @@ async def test_concurrent_pullers_never_share_a_message(backend: Backend) -> Non
     if backend.name == "postgres":
         # SKIP LOCKED lets every puller work at once (SQLite's busy wait may favour one).
         assert all(results)
+
+
+async def test_visible_sees_only_messages_ready_now(database: Database) -> None:
+    queue = await make_queue(database)
+    assert not await queue.visible("p")
+    await queue.push("p", [("a", 1)])
+    assert await queue.visible("p") and not await queue.visible("other")
+    [held] = await queue.pull("p", 1, LONG)
+    assert not await queue.visible("p")
+    await queue.release([held])
+    assert await queue.visible("p")
+
+
+async def test_work_inside_a_transaction_commits_or_rolls_back_with_it(database: Database) -> None:
+    """push/pull/ack within a caller's transaction take effect only if it commits."""
+    queue = await make_queue(database)
+
+    class Undo(Exception):
+        pass
+
+    try:
+        async with database.write() as repository:
+            await queue.push_within(repository, "p", [("a", 1)])
+            raise Undo
+    except Undo:
+        pass
+    assert await queue.depth("p") == 0
+
+    async with database.write() as repository:
+        await queue.push_within(repository, "p", [("a", 1), ("b", 2)])
+    try:
+        async with database.write() as repository:
+            assert ids(await queue.pull_within(repository, "p", 1, LONG)) == ["b"]
+            raise Undo
+    except Undo:
+        pass
+    async with database.write() as repository:
+        pulled = await queue.pull_within(repository, "p", 1, LONG)
+        assert ids(pulled) == ["b"]  # the rolled back delivery left it visible
+        await queue.ack_within(repository, pulled)
+    assert ids(await queue.pull("p", 5, LONG)) == ["a"]

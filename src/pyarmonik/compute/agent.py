@@ -43,11 +43,14 @@ from pyarmonik.observability.metrics import (
 from pyarmonik.scheduling.backends import Backends, now
 from pyarmonik.scheduling.processing import Acquisition, TaskOutcome, TaskProcessing, Verdict
 from pyarmonik.storage.database import Repository
-from pyarmonik.storage.queue import QueueMessage, TransactionalQueue
+from pyarmonik.storage.queue import QueueMessage
 
 log = logging.getLogger(__name__)
 
 CANCEL_STATUSES = frozenset({TaskStatus.CANCELLING, TaskStatus.CANCELLED})
+# Longest pause between two looks at an empty queue (a table queue is looked at with a read:
+# an idle agent costs next to nothing, and a task that becomes ready waits little).
+IDLE_POLL = 0.1
 
 
 @dataclass
@@ -124,10 +127,6 @@ class Agent:
         self._stopping = asyncio.Event()
         self._running: Running | None = None
         self._slot_free = asyncio.Event()
-        queue = backends.queue
-        self._queue_in_database = isinstance(queue, TransactionalQueue) and queue.shares(
-            backends.database
-        )
         self._http: web.AppRunner | None = None
         self._api_server: grpc.aio.Server | None = None
         self._client: aiohttp.ClientSession | None = None
@@ -239,7 +238,7 @@ class Agent:
                 if not messages:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stopping.wait(), idle)
-                    idle = min(idle * 2, 0.5)
+                    idle = min(idle * 2, IDLE_POLL)
                     continue
                 idle = 0.01
                 for message in messages:
@@ -280,14 +279,12 @@ class Agent:
         """Pull a message. With the queue in the database, its task is acquired in the same
         transaction when it is in the common case (SUBMITTED, session RUNNING)."""
         assert self.processing is not None
-        queue, partition, lease = (
-            self.backends.queue,
-            self.settings.partition_id,
-            self.settings.lease,
-        )
-        if not self._queue_in_database:
-            return await queue.pull(partition, 1, lease), {}
-        assert isinstance(queue, TransactionalQueue)
+        partition, lease = self.settings.partition_id, self.settings.lease
+        queue = self.backends.queue_in_database
+        if queue is None:
+            return await self.backends.queue.pull(partition, 1, lease), {}
+        if not await queue.visible(partition):
+            return [], {}  # an empty queue is seen without taking the write lock
         async with self.backends.database.write() as repository:
             messages = await queue.pull_within(repository, partition, 1, lease)
             fresh = [m.task_id for m in messages if m.task_id not in self.held]
@@ -555,7 +552,7 @@ class Agent:
         unused = outcome.replaced + ([] if committed else [s.opaque_id for s in outcome.stored])
         if unused:
             await self.backends.objects.delete(unused)
-        if not (committed and self._queue_in_database):
+        if not (committed and self.backends.queue_in_database is not None):
             await self.backends.queue.ack([held.message])
         self._forget(held)
         self._observe(ended, "completed" if committed else ended.kind)
@@ -576,15 +573,15 @@ class Agent:
     async def _complete(self, held: Held, outcome: TaskOutcome, processed_at: float) -> bool:
         """Commit a success (with the message's ack when the queue lives in the database)."""
         assert self.processing is not None
-        queue = self.backends.queue
+        queue = self.backends.queue_in_database
 
         async def ack(repository: Repository) -> None:
-            assert isinstance(queue, TransactionalQueue)
+            assert queue is not None
             await queue.ack_within(repository, [held.message])
 
         try:
             committed = await self.processing.complete(
-                held.task, outcome, processed_at, within=ack if self._queue_in_database else None
+                held.task, outcome, processed_at, within=ack if queue is not None else None
             )
         except Unavailable:
             raise  # a backend is down: not the task's fault, post-processing is retried

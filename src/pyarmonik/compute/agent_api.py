@@ -25,7 +25,6 @@ from pyarmonik.scheduling.backends import Backends, now
 from pyarmonik.scheduling.processing import StoredResult, TaskOutcome
 from pyarmonik.scheduling.tasks import plan_tasks
 from pyarmonik.storage.objects import single_chunk
-from pyarmonik.storage.objects.files import write_file
 
 
 @dataclass
@@ -187,6 +186,5 @@ class AgentApi(AgentServicer):  # type: ignore[misc]
 
 
 async def write_blob(backends: Backends, opaque_id: bytes, path: Path) -> None:
-    """Copy a blob into a file of the task's folder (the worker reads it only once told to:
-    no need for a temporary file)."""
-    await write_file(path, backends.objects.get(opaque_id))
+    """Put a blob in a file of the task's folder, for the worker to read."""
+    await backends.objects.get_file(opaque_id, path)

@@ -50,7 +50,18 @@ TIME_COLUMNS = frozenset(
 
 
 def _plain_row(record: Any, skip: tuple[str, ...] = ()) -> Row:
-    return {f.name: getattr(record, f.name) for f in fields(record) if f.name not in skip}
+    return {name: getattr(record, name) for name in _field_names(type(record)) if name not in skip}
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(kind: type) -> tuple[str, ...]:
+    """The fields of a record type, looked up once (rows are converted by the thousand)."""
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in fields(kind))
+    return names
 
 
 @dataclass
@@ -136,7 +147,7 @@ class Task:
 
     @staticmethod
     def from_row(row: Row) -> Task:
-        values = {f.name: row[f.name] for f in fields(Task) if f.name != "options"}
+        values = {name: row[name] for name in _field_names(Task) if name != "options"}
         values["status"] = TaskStatus(row["status"])
         for name in ("parent_task_ids", "data_dependencies", "expected_output_ids", "retry_of_ids"):
             values[name] = list(row[name])
@@ -173,7 +184,7 @@ class Result:
 
     @staticmethod
     def from_row(row: Row) -> Result:
-        values = {f.name: row[f.name] for f in fields(Result)}
+        values = {name: row[name] for name in _field_names(Result)}
         values["status"] = ResultStatus(row["status"])
         values["opaque_id"] = bytes(row["opaque_id"] or b"")
         values["manual_deletion"] = bool(row["manual_deletion"])
@@ -198,7 +209,7 @@ class Partition:
 
     @staticmethod
     def from_row(row: Row) -> Partition:
-        values = {f.name: row[f.name] for f in fields(Partition)}
+        values = {name: row[name] for name in _field_names(Partition)}
         values["parent_partition_ids"] = list(row["parent_partition_ids"])
         values["pod_configuration"] = dict(row["pod_configuration"])
         return Partition(**values)

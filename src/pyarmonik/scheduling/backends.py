@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
 from pyarmonik.domain.records import Partition
 from pyarmonik.storage.database import Database
 from pyarmonik.storage.objects import ObjectStorage
-from pyarmonik.storage.queue import Queue
+from pyarmonik.storage.queue import Queue, TransactionalQueue
 
 
 @dataclass
@@ -18,6 +19,16 @@ class Backends:
     objects: ObjectStorage
     partitions: list[Partition] = field(default_factory=list)
     default_partition: str = "default"
+
+    @functools.cached_property
+    def queue_in_database(self) -> TransactionalQueue | None:
+        """The queue when it is a table of the database (then queue work joins the database
+        transactions: messages commit with their tasks), else None. Looked up once: a
+        protocol check costs more than the statement it decides about."""
+        queue = self.queue
+        if isinstance(queue, TransactionalQueue) and queue.shares(self.database):
+            return queue
+        return None
 
     async def start(self) -> None:
         await self.database.start()

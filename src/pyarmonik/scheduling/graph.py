@@ -20,7 +20,7 @@ from pyarmonik.domain.statuses import (
 )
 from pyarmonik.scheduling.backends import Backends, now
 from pyarmonik.storage.database import Repository
-from pyarmonik.storage.queue import Queue, TransactionalQueue
+from pyarmonik.storage.queue import Queue
 
 UNUSABLE_RESULTS = frozenset({ResultStatus.ABORTED, ResultStatus.DELETED})
 
@@ -54,8 +54,8 @@ async def push_ready_within(
     """Push ready tasks inside the caller's transaction when the queue lives in the database
     (a task and its message commit together: none is left SUBMITTED without one); else
     return them, for `push_ready` after the commit."""
-    queue = backends.queue
-    if not ready or not (isinstance(queue, TransactionalQueue) and queue.shares(backends.database)):
+    queue = backends.queue_in_database
+    if not ready or queue is None:
         return ready
     for partition_id, messages in _by_partition(ready).items():
         await queue.push_within(repository, partition_id, messages)

@@ -9,8 +9,9 @@ nothing or everything, so recovery never has to guess what was committed (Armoni
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import Any
 
 from pyarmonik.domain.errors import ArmoniKError
 from pyarmonik.domain.ids import retry_id
@@ -66,8 +67,8 @@ class TaskOutcome:
 
     created: list[Result] = field(default_factory=list)
     stored: list[StoredResult] = field(default_factory=list)
-    replaced: list[bytes] = field(default_factory=list)  # blobs stored, then written anew
     subtasks: list[Task] = field(default_factory=list)
+    replaced: list[bytes] = field(default_factory=list)  # blobs stored, then written anew
 
 
 # Liveness probe of another agent: True when it is alive and still holds the task.
@@ -179,23 +180,24 @@ class TaskProcessing:
     async def start(self, task: Task, fetched_at: float) -> Task | None:
         """DISPATCHED → PROCESSING; None when the task was paused or cancelled meanwhile."""
         stamp = now()
+        values: dict[str, Any] = {
+            "status": TaskStatus.PROCESSING,
+            "fetched_at": fetched_at,
+            "started_at": stamp,
+            "pod_ttl": stamp,
+        }
         async with self.backends.database.write() as repository:
-            started = await repository.update_returning(
+            started = await repository.update(
                 Task,
                 {
                     "task_id": task.task_id,
                     "status": TaskStatus.DISPATCHED,
                     "owner_pod_id": self.owner_id,
                 },
-                {
-                    "status": TaskStatus.PROCESSING,
-                    "fetched_at": fetched_at,
-                    "started_at": stamp,
-                    "pod_ttl": stamp,
-                },
+                values,
             )
-            if started:
-                return started[0]
+            if started:  # nothing else of a task we hold changes meanwhile
+                return replace(task, **values)
             current = await repository.get(Task, task.task_id)
             if current is not None and current.status == TaskStatus.CANCELLING:
                 await self._cancel(repository, current, "Task was cancelled")

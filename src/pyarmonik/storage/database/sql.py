@@ -62,6 +62,11 @@ def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
 
 def _has_nul(value: Any) -> bool:
     """Whether text, or the text inside a list or map (JSON columns), holds NUL."""
+    kind = type(value)
+    if kind is str:
+        return "\0" in value
+    if kind in _SCALARS:  # the usual values, told apart at once (this runs per column)
+        return False
     if isinstance(value, str):
         return "\0" in value
     if isinstance(value, dict):
@@ -69,6 +74,9 @@ def _has_nul(value: Any) -> bool:
     if isinstance(value, list):
         return any(_has_nul(item) for item in value)
     return False
+
+
+_SCALARS = frozenset({int, float, bool, bytes, type(None)})
 
 
 def _encode(column: str, value: Any) -> Any:

@@ -217,20 +217,22 @@ def _executemany(connection: sqlite3.Connection, sql: str, params: list[tuple[An
 
 class _Connection:
     """The SqlConnection protocol on a sqlite3 connection. In a write block the transaction
-    begins with the block's first statement (BEGIN IMMEDIATE, waited for asynchronously,
-    unless the batch began it already), then the block's savepoint."""
+    begins with the block's first statement (BEGIN IMMEDIATE, waited for asynchronously),
+    unless an earlier block of the batch began it: then the block runs in a savepoint."""
 
     def __init__(self, connection: sqlite3.Connection, batch: _Batch | None = None):
         self._connection = connection
         self._batch = batch
-        self.wrote = False  # the block sent a statement (it has a savepoint to end)
+        self.wrote = False  # the block sent a statement
+        self._opened = False  # the block began the transaction (else it has a savepoint)
 
     async def _begun(self) -> None:
         if self._batch is not None and not self.wrote:
-            if not self._batch.begun:
+            if self._batch.begun:
+                self._connection.execute("SAVEPOINT block")
+            else:
                 await _when_free(self._connection.execute, "BEGIN IMMEDIATE")
-                self._batch.begun = True
-            self._connection.execute("SAVEPOINT block")
+                self._batch.begun = self._opened = True
             self.wrote = True
 
     async def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> int:
@@ -246,7 +248,16 @@ class _Connection:
         return await _when_free(_fetch, self._connection, sql, params)
 
     def end_block(self, keep: bool) -> None:
-        if self.wrote:  # else nothing was sent: no savepoint to end
+        """Keep or undo what the block did (only it: blocks run one after the other, so the
+        block that began the transaction undoes it whole, nobody else being in it yet)."""
+        if not self.wrote:
+            return
+        if self._opened:
+            if not keep:
+                assert self._batch is not None
+                self._connection.execute("ROLLBACK")
+                self._batch.begun = False
+        else:
             if not keep:
                 self._connection.execute("ROLLBACK TO block")
             self._connection.execute("RELEASE block")

@@ -30,6 +30,11 @@ class ObjectStorage(Protocol):
         into the storage, so the caller must not use it afterwards."""
         ...
 
+    async def get_file(self, opaque_id: bytes, path: Path) -> None:
+        """Write a blob into a local file (created; it may share the storage's own copy, so
+        it must only be read). Raises ObjectNotFound if absent."""
+        ...
+
     def get(self, opaque_id: bytes) -> AsyncIterator[bytes]:
         """Stream a blob in chunks; raises ObjectNotFound if absent."""
         ...

@@ -26,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pyarmonik.domain.errors import Unavailable
 from pyarmonik.storage.objects import CHUNK_SIZE, ObjectNotFound
-from pyarmonik.storage.objects.files import read_chunks
+from pyarmonik.storage.objects.files import read_chunks, write_file
 from pyarmonik.storage.urls import pop_query
 
 # Idempotent (a retried call after a lost reply finds the header already there): persist every
@@ -104,6 +104,9 @@ class RedisStorage:
 
     async def put_file(self, path: Path) -> tuple[bytes, int]:
         return await self.put(read_chunks(path))
+
+    async def get_file(self, opaque_id: bytes, path: Path) -> None:
+        await write_file(path, self.get(opaque_id))
 
     async def put(self, chunks: AsyncIterable[bytes]) -> tuple[bytes, int]:
         opaque_id = uuid.uuid4().hex

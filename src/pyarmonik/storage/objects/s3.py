@@ -25,7 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pyarmonik.domain.errors import Unavailable
 from pyarmonik.storage.objects import CHUNK_SIZE, ObjectNotFound
-from pyarmonik.storage.objects.files import read_chunks
+from pyarmonik.storage.objects.files import read_chunks, write_file
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -130,6 +130,9 @@ class S3Storage:
 
     async def put_file(self, path: Path) -> tuple[bytes, int]:
         return await self.put(read_chunks(path))
+
+    async def get_file(self, opaque_id: bytes, path: Path) -> None:
+        await write_file(path, self.get(opaque_id))
 
     async def put(self, chunks: AsyncIterable[bytes]) -> tuple[bytes, int]:
         opaque_id = uuid.uuid4().hex.encode()

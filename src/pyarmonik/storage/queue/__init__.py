@@ -69,6 +69,10 @@ class TransactionalQueue(Protocol):
         self, repository: Repository, partition_id: str, messages: list[tuple[str, int]]
     ) -> None: ...
 
+    async def visible(self, partition_id: str) -> bool:
+        """Whether a message is visible on the partition now (a read, no lock taken)."""
+        ...
+
     async def pull_within(
         self, repository: Repository, partition_id: str, count: int, lease: float
     ) -> list[QueueMessage]: ...

@@ -76,6 +76,14 @@ class TableQueue:
         async with self.database.write() as repository:
             return await self.pull_within(repository, partition_id, count, lease)
 
+    async def visible(self, partition_id: str) -> bool:
+        async with self.database.read() as repository:
+            rows = await repository.connection.fetch(
+                "SELECT 1 AS found FROM queue WHERE partition_id = ? AND visible_at <= ? LIMIT 1",
+                [partition_id, time.time()],
+            )
+        return bool(rows)
+
     async def pull_within(
         self, repository: Repository, partition_id: str, count: int, lease: float
     ) -> list[QueueMessage]:
