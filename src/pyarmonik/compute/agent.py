@@ -126,6 +126,10 @@ class Agent:
         self.completed = 0
         self._stopping = asyncio.Event()
         self._running: Running | None = None
+        self._stage_seconds = [
+            AGENT_STAGE_SECONDS.labels(settings.partition_id, stage)
+            for stage in ("queue_wait", "prefetch", "processing", "post_processing")
+        ]
         self._slot_free = asyncio.Event()
         self._http: web.AppRunner | None = None
         self._api_server: grpc.aio.Server | None = None
@@ -558,17 +562,17 @@ class Agent:
         self._observe(ended, "completed" if committed else ended.kind)
 
     def _observe(self, ended: Ended, outcome: str) -> None:
-        partition, task = self.settings.partition_id, ended.held.task
-        AGENT_TASKS.labels(partition, outcome).inc()
+        task = ended.held.task
+        AGENT_TASKS.labels(self.settings.partition_id, outcome).inc()
         stages = (
-            ("queue_wait", task.submitted_at, task.received_at),
-            ("prefetch", task.acquired_at, ended.held.fetched_at or None),
-            ("processing", task.started_at, ended.processed_at or None),
-            ("post_processing", ended.processed_at or None, now()),
+            (self._stage_seconds[0], task.submitted_at, task.received_at),
+            (self._stage_seconds[1], task.acquired_at, ended.held.fetched_at or None),
+            (self._stage_seconds[2], task.started_at, ended.processed_at or None),
+            (self._stage_seconds[3], ended.processed_at or None, now()),
         )
-        for stage, begin, end in stages:
+        for histogram, begin, end in stages:
             if begin is not None and end is not None:
-                AGENT_STAGE_SECONDS.labels(partition, stage).observe(max(end - begin, 0.0))
+                histogram.observe(max(end - begin, 0.0))
 
     async def _complete(self, held: Held, outcome: TaskOutcome, processed_at: float) -> bool:
         """Commit a success (with the message's ack when the queue lives in the database)."""

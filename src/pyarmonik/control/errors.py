@@ -54,9 +54,10 @@ def rpc(method: F) -> F:
 
     name = method.__name__
     seconds = RPC_SECONDS.labels(name)
+    counters = {code: RPCS.labels(name, code.name) for code in grpc.StatusCode}
 
     def count(code: grpc.StatusCode) -> None:
-        RPCS.labels(name, code.name).inc()
+        counters[code].inc()
 
     if inspect.isasyncgenfunction(method):
 

@@ -129,17 +129,21 @@ async def submit(
     if not task_ids:
         return []
     paused = session.status == SessionStatus.PAUSED
-    tasks = await repository.update_returning(
+    rows = await repository.update_columns(
         Task,
         {"task_id": list(task_ids), "status": WAITING_TASK_STATUSES},
         {
             "status": TaskStatus.PAUSED if paused else TaskStatus.SUBMITTED,
             "submitted_at": now(),
         },
+        ("task_id", "opt_partition_id", "opt_priority"),
     )
     if paused:
         return []
-    return [ReadyTask(t.task_id, t.options.partition_id, t.options.priority) for t in tasks]
+    return [
+        ReadyTask(row["task_id"], row["opt_partition_id"] or "", row["opt_priority"] or 0)
+        for row in rows
+    ]
 
 
 async def resolve(

@@ -35,6 +35,7 @@ from armonik.common import (
     create_channel,
 )
 
+from pyarmonik.compute.orphans import die_with_parent
 from pyarmonik.sdk import payload
 from pyarmonik.sdk.context import (
     Args,
@@ -155,7 +156,7 @@ class _LocalProcess:
                 stderr=log_file,
                 env={**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))},
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         self.endpoint = self._read_endpoint(timeout)
 
@@ -184,12 +185,6 @@ class _LocalProcess:
             self.process.stdout.close()
         if self.owned_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-
-def _die_with_parent() -> None:
-    from pyarmonik.compute.orphans import die_with_parent
-
-    die_with_parent()
 
 
 class Cluster:

@@ -181,33 +181,30 @@ class Repository:
 
     async def update(self, kind: type[R], where: Where, values: dict[str, Any]) -> list[str]:
         """Conditional update; returns the keys of the records it changed."""
-        keys: list[str] = []
-        assignments = ",".join(f"{column} = ?" for column in values)
-        set_params: list[Any] = [_encode(c, v) for c, v in values.items()]
-        for part in self._split(where):
-            sql, params = where_sql(part)
-            rows = await self.connection.fetch(
-                f"UPDATE {kind.TABLE} SET {assignments} WHERE {sql} RETURNING {kind.KEY}",
-                set_params + params,
-            )
-            keys += [row[kind.KEY] for row in rows]
-        return keys
+        rows = await self.update_columns(kind, where, values, (kind.KEY,))
+        return [row[kind.KEY] for row in rows]
 
     async def update_returning(
         self, kind: type[R], where: Where, values: dict[str, Any]
     ) -> list[R]:
         """Conditional update; returns the changed records as they are after it."""
+        return _records(kind, await self.update_columns(kind, where, values, ("*",)))
+
+    async def update_columns(
+        self, kind: type[R], where: Where, values: dict[str, Any], columns: Sequence[str]
+    ) -> list[Row]:
+        """Conditional update; returns these columns of the changed rows (stored values: a
+        caller that needs a few of them is spared decoding whole records)."""
         assignments = ",".join(f"{column} = ?" for column in values)
         set_params: list[Any] = [_encode(c, v) for c, v in values.items()]
-        records: list[R] = []
+        rows: list[Row] = []
         for part in self._split(where):
             sql, params = where_sql(part)
-            rows = await self.connection.fetch(
-                f"UPDATE {kind.TABLE} SET {assignments} WHERE {sql} RETURNING *",
+            rows += await self.connection.fetch(
+                f"UPDATE {kind.TABLE} SET {assignments} WHERE {sql} RETURNING {','.join(columns)}",
                 set_params + params,
             )
-            records += _records(kind, rows)
-        return records
+        return rows
 
     async def take_tasks(self, task_ids: Sequence[str], values: dict[str, Any]) -> list[Task]:
         """Set `values` on those of the tasks that are SUBMITTED, unowned and in a RUNNING
