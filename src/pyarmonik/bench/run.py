@@ -175,7 +175,7 @@ def _wait_done(channel: grpc.Channel, session_id: str, expected: int | None) -> 
             if failed:
                 raise RuntimeError(f"tasks did not all complete: {failed}")
             return
-        time.sleep(0.05)
+        time.sleep(0.1)  # often enough for the end time, rarely enough not to load the plane
 
 
 def _report(workload: str, cluster: Cluster, channel: grpc.Channel, session_id: str, start: float,

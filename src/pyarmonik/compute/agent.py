@@ -126,6 +126,7 @@ class Agent:
         self.completed = 0
         self._stopping = asyncio.Event()
         self._running: Running | None = None
+        self._queue_was_empty = True
         self._stage_seconds = [
             AGENT_STAGE_SECONDS.labels(settings.partition_id, stage)
             for stage in ("queue_wait", "prefetch", "processing", "post_processing")
@@ -287,10 +288,11 @@ class Agent:
         queue = self.backends.queue_in_database
         if queue is None:
             return await self.backends.queue.pull(partition, 1, lease), {}
-        if not await queue.visible(partition):
-            return [], {}  # an empty queue is seen without taking the write lock
+        if self._queue_was_empty and not await queue.visible(partition):
+            return [], {}  # an empty queue is watched without taking the write lock
         async with self.backends.database.write() as repository:
             messages = await queue.pull_within(repository, partition, 1, lease)
+            self._queue_was_empty = not messages
             fresh = [m.task_id for m in messages if m.task_id not in self.held]
             taken = await self.processing.take(repository, fresh, now()) if fresh else []
         return messages, {a.task.task_id: a for a in taken if a.task is not None}

@@ -61,7 +61,12 @@ class WorkerProcess:
                 start_new_session=True,
                 preexec_fn=die_with_parent,
             )
-        self._channel = grpc.aio.insecure_channel(f"unix://{self.worker_socket}")
+        self._channel = grpc.aio.insecure_channel(
+            f"unix://{self.worker_socket}",
+            # A failed Process call is the agent's to retry (as a new attempt), never gRPC's;
+            # without the retry machinery each call costs less.
+            options=[("grpc.enable_retries", 0), ("grpc.max_receive_message_length", -1)],
+        )
         self.stub = WorkerStub(self._channel)
         await self.wait_healthy()
 
