@@ -134,19 +134,34 @@ def test_thousand_tasks_every_output_verified(channel: grpc.Channel) -> None:
 
 def test_output_error_ends_in_error_and_aborts(channel: grpc.Channel) -> None:
     session_id = ArmoniKSessions(channel).create_session(OPTIONS)
-    (out,) = submit(channel, session_id, [{"kind": "error", "message": "bad input"}])
     results = ArmoniKResults(channel)
-    dependent_out = results.create_results_metadata(["d"], session_id)["d"].result_id
-    payload = results.create_results({"p": json.dumps({"kind": "sum_deps"}).encode()}, session_id)
-    (dependent,) = ArmoniKTasks(channel).submit_tasks(
+    out, dependent_out = (
+        results.create_results_metadata(["out", "d"], session_id)[name].result_id
+        for name in ("out", "d")
+    )
+    payloads = results.create_results(
+        {
+            "error": json.dumps({"kind": "error", "message": "bad input"}).encode(),
+            "sum": json.dumps({"kind": "sum_deps"}).encode(),
+        },
+        session_id,
+    )
+    # The dependent first: once the failing task ran, its output is ABORTED and a new task
+    # depending on it would be refused (FAILED_PRECONDITION).
+    tasks = ArmoniKTasks(channel)
+    (dependent,) = tasks.submit_tasks(
         session_id,
         [
             TaskDefinition(
-                payload_id=payload["p"].result_id,
+                payload_id=payloads["sum"].result_id,
                 expected_output_ids=[dependent_out],
                 data_dependencies=[out],
             )
         ],
+    )
+    tasks.submit_tasks(
+        session_id,
+        [TaskDefinition(payload_id=payloads["error"].result_id, expected_output_ids=[out])],
     )
     with pytest.raises(RuntimeError):
         wait(channel, session_id, [out])

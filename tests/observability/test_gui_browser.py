@@ -100,17 +100,21 @@ def test_gui_in_chromium(cluster: tuple[LocalProcess, int], page: Page) -> None:
     base = f"http://127.0.0.1:{http_port}"
     with grpc.insecure_channel(local.endpoint) as channel:
         session_id = ArmoniKSessions(channel).create_session(OPTIONS)
-        orders: list[dict[str, Any]] = [{"kind": "value", "value": i} for i in range(6)]
+        # Two sleeps first: while one agent sleeps the other takes tasks, so that both agents
+        # have run some and the agents page finds them both.
+        orders: list[dict[str, Any]] = [{"kind": "sleep", "seconds": 1}] * 2
+        orders += [{"kind": "value", "value": i} for i in range(6)]
         orders += [{"kind": "crash"}, {"kind": "error", "message": "refused: bad input"}]
         ids = submit(channel, session_id, orders)
-        crashed_final = f"{ids[6]}###1"  # max_retries=1: RETRIED, then this one ends in ERROR
+        crashed, refused = ids[8], ids[9]
+        crashed_final = f"{crashed}###1"  # max_retries=1: RETRIED, then this one ends in ERROR
         tasks = ArmoniKTasks(channel)
 
         def counts() -> dict[TaskStatus, int]:
             return dict(tasks.count_tasks_by_status(Task.session_id == session_id))
 
         wait_for(
-            lambda: counts().get(TaskStatus.ERROR) == 2 and counts().get(TaskStatus.COMPLETED) == 6
+            lambda: counts().get(TaskStatus.ERROR) == 2 and counts().get(TaskStatus.COMPLETED) == 8
         )
         submit(channel, session_id, [{"kind": "sleep", "seconds": 60}])  # running when cancelled
 
@@ -126,7 +130,7 @@ def test_gui_in_chromium(cluster: tuple[LocalProcess, int], page: Page) -> None:
 
         # Tasks of the session, filtered by status.
         page.goto(f"{base}/tasks?session={session_id}")
-        expect(page.locator("#tasks-table tbody tr")).to_have_count(10)
+        expect(page.locator("#tasks-table tbody tr")).to_have_count(12)
         page.select_option("#status", "ERROR")
         rows = page.locator("#tasks-table tbody tr")
         expect(rows).to_have_count(2)
@@ -141,10 +145,10 @@ def test_gui_in_chromium(cluster: tuple[LocalProcess, int], page: Page) -> None:
         chain = page.locator("#attempts li")
         expect(chain).to_have_count(2)
         expect(chain.locator(".badge")).to_have_text(["RETRIED", "ERROR"])
-        expect(chain.nth(0)).to_contain_text(ids[6])
+        expect(chain.nth(0)).to_contain_text(crashed)
         expect(page.locator("#timeline span").first).to_be_attached()
         page.screenshot(path=SHOTS / "task-failed.png", full_page=True)
-        page.goto(f"{base}/tasks/{ids[7]}")
+        page.goto(f"{base}/tasks/{refused}")
         expect(page.locator("#error")).to_have_text("refused: bad input")
 
         # Agents: both, alive, found through their tasks.
