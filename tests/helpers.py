@@ -352,17 +352,22 @@ def _delete_redis_keys(pattern: str) -> None:
         client.close()
 
 
-def _delete_bucket(endpoint: str, bucket: str) -> None:
+def moto_s3_client(endpoint: str) -> Any:
+    """An S3 client (async context manager) of the test S3 server at `endpoint`."""
     from aiobotocore.session import get_session
 
+    return get_session().create_client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def _delete_bucket(endpoint: str, bucket: str) -> None:
     async def delete() -> None:
-        async with get_session().create_client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        ) as client:
+        async with moto_s3_client(endpoint) as client:
             try:
                 listed = await client.list_objects_v2(Bucket=bucket)
             except client.exceptions.NoSuchBucket:

@@ -22,7 +22,6 @@ import asyncpg
 import grpc
 import pytest
 import redis
-from aiobotocore.session import get_session
 from armonik.client import ArmoniKEvents, ArmoniKResults, ArmoniKSessions, ArmoniKTasks
 from armonik.common import Task, TaskStatus
 
@@ -38,6 +37,7 @@ from tests.helpers import (
     _run_async,
     cluster_backends,
     local_cluster,
+    moto_s3_client,
 )
 
 pytestmark = pytest.mark.cluster
@@ -89,13 +89,7 @@ def s3_keys(bucket: str) -> set[str] | None:
     """Keys of an S3 bucket; None when the bucket does not exist."""
 
     async def listing() -> set[str] | None:
-        async with get_session().create_client(
-            "s3",
-            endpoint_url=MotoServer.shared().endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        ) as client:
+        async with moto_s3_client(MotoServer.shared().endpoint) as client:
             try:
                 listed = await client.list_objects_v2(Bucket=bucket)
             except client.exceptions.NoSuchBucket:

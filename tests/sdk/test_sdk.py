@@ -154,6 +154,18 @@ def test_error_through_delegation_and_dependencies(cluster: Cluster) -> None:
         add.submit(fails.submit(-1), 1).result(60)
 
 
+def test_a_task_taking_an_already_failed_future_fails_with_its_error(cluster: Cluster) -> None:
+    """ArmoniK refuses a task whose input is aborted: the SDK's future fails with the error of
+    the task that failed, as if the new task had run (Dask and Ray do the same)."""
+    failed = fails.submit(-1)
+    assert isinstance(failed.exception(60), ValueError)  # its output is ABORTED by now
+    doomed, fine = add.map([failed, 2], [1, 3])  # one batch: one call refused, one fine
+    with pytest.raises(ValueError, match="negative input -1"):
+        doomed.result(60)
+    assert doomed.failed
+    assert fine.result(60) == 5
+
+
 @task
 def crash_once(marker: str) -> str:
     if not os.path.exists(marker):

@@ -417,11 +417,43 @@ class Cluster:
                 )
                 for name, future, refs in zip(names, futures, dependencies, strict=True)
             ]
-            self._tasks.submit_tasks(session_id, definitions, chunk_size=1000)
+            try:
+                self._tasks.submit_tasks(session_id, definitions, chunk_size=1000)
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
+                    raise
+                self._submit_around_failures(definitions, futures, error)
         except BaseException:
             self._watcher.unwatch(futures)
             raise
         return futures
+
+    def _submit_around_failures(
+        self, definitions: list[TaskDefinition], futures: list[Future[Any]], error: Exception
+    ) -> None:
+        """ArmoniK refused the batch because an argument's task failed meanwhile (its output is
+        aborted): the futures of the calls taking it fail with that task's error, as if they
+        had run, and the other calls are submitted."""
+        needed = sorted({d for definition in definitions for d in definition.data_dependencies})
+        session_id = self.session.id
+        unusable = {
+            result_id
+            for result_id in needed
+            if self._results.get_result(result_id).status
+            in (ResultStatus.ABORTED, ResultStatus.DELETED)
+        }
+        if not unusable:
+            raise error
+        healthy = []
+        for definition, future in zip(definitions, futures, strict=True):
+            failed = [d for d in definition.data_dependencies if d in unusable]
+            if failed:
+                self._watcher.unwatch([future])
+                future._fail(self._failure(failed[0], "an argument"))
+            else:
+                healthy.append(definition)
+        if healthy:
+            self._tasks.submit_tasks(session_id, healthy, chunk_size=1000)
 
     def _create_data(self, blobs: dict[str, bytes]) -> dict[str, str]:
         """Results holding `blobs` (by name): big ones streamed, small ones inline, in few
@@ -476,7 +508,7 @@ class Cluster:
 
     def resolve(self, future: Future[Any]) -> Any:
         if future.failed:
-            raise self._failure(future)
+            raise self._failure(future.result_id, future.name)
         data = self._results.download_result_data(future.result_id, self.session.id)
         try:
             return payload.loads_value(data)
@@ -486,18 +518,18 @@ class Cluster:
                 " are the client and the workers on the same Python and library versions?"
             ) from error
 
-    def _failure(self, future: Future[Any]) -> BaseException:
-        """The exception of the task that should have produced `future` (following the
-        output's current owner, so delegation and retries are accounted for)."""
-        owners = self._results.get_owner_task_id([future.result_id], self.session.id)
-        owner = owners.get(future.result_id, "")
+    def _failure(self, result_id: str, name: str) -> BaseException:
+        """The exception of the task that should have produced the result (following its
+        current owner, so delegation and retries are accounted for)."""
+        owners = self._results.get_owner_task_id([result_id], self.session.id)
+        owner = owners.get(result_id, "")
         details, status = "", "ended"
         if owner:
             task = self._tasks.get_task(owner)
             details = (task.output.error if task.output else "") or ""
             status = f"ended {task.status.name}" if task.status is not None else status
         summary = details.strip().splitlines()[0] if details.strip() else "no details"
-        return payload.rebuild_error(details, f"task {owner} ({future.name}) {status}: {summary}")
+        return payload.rebuild_error(details, f"task {owner} ({name}) {status}: {summary}")
 
     def cancel(self, future: Future[Any]) -> bool:
         owners = self._results.get_owner_task_id([future.result_id], self.session.id)

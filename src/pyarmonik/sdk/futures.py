@@ -143,6 +143,13 @@ class Future(Generic[T]):
     def failed(self) -> bool:
         return self._state == FAILED
 
+    def _fail(self, error: BaseException) -> None:
+        """Fail with `error`, known already (no task will run for this future)."""
+        with self._lock:
+            if self._error is None and not self._event.is_set():
+                self._error = error
+        self._finish(FAILED)
+
     def _finish(self, state: str, value: Any = _UNSET) -> None:
         with self._lock:
             if self._event.is_set():
