@@ -129,6 +129,13 @@ def where_sql(where: Where) -> tuple[str, list[Any]]:
     return (" AND ".join(clauses) or "1=1"), params
 
 
+def _set_clause(values: dict[str, Any]) -> tuple[str, list[Any]]:
+    """`column = ?, ...` of an UPDATE, and its parameters as stored."""
+    return ",".join(f"{column} = ?" for column in values), [
+        _encode(c, v) for c, v in values.items()
+    ]
+
+
 def _filter_sql(where: Filter, dialect: SqlDialect) -> tuple[str, list[Any]]:
     """`to_sql`, refusing values holding NUL (PostgreSQL cannot compare them)."""
     sql, params = to_sql(where, dialect)
@@ -195,8 +202,7 @@ class Repository:
     ) -> list[Row]:
         """Conditional update; returns these columns of the changed rows (stored values: a
         caller that needs a few of them is spared decoding whole records)."""
-        assignments = ",".join(f"{column} = ?" for column in values)
-        set_params: list[Any] = [_encode(c, v) for c, v in values.items()]
+        assignments, set_params = _set_clause(values)
         rows: list[Row] = []
         for part in self._split(where):
             sql, params = where_sql(part)
@@ -209,8 +215,7 @@ class Repository:
     async def take_tasks(self, task_ids: Sequence[str], values: dict[str, Any]) -> list[Task]:
         """Set `values` on those of the tasks that are SUBMITTED, unowned and in a RUNNING
         session (a polling agent acquiring them); return them as they are after it."""
-        assignments = ",".join(f"{column} = ?" for column in values)
-        set_params: list[Any] = [_encode(c, v) for c, v in values.items()]
+        assignments, set_params = _set_clause(values)
         taken: list[Task] = []
         for part in chunks(list(task_ids)):
             rows = await self.connection.fetch(
