@@ -318,6 +318,21 @@ def bench_graph(
         typer.echo(line)
 
 
+@bench_app.command("ceiling")
+def bench_ceiling(
+    tasks: Annotated[int, typer.Option(help="Indep tasks, split over the pairs.")] = 10_000,
+    agents: AgentsOption = 2,
+) -> None:
+    """The ceiling for Indep on this machine: do-nothing agents that only call the official
+    worker's Process and answer NotifyResultData (no database, queue or storage)."""
+    from pyarmonik.bench.ceiling import ceiling
+
+    if agents < 1 or tasks < agents:
+        raise typer.BadParameter("needs at least one agent and one task per agent")
+    for key, value in ceiling(tasks, agents).items():
+        typer.echo(f"{key:>22}: {value}")
+
+
 @bench_app.command("fib")
 def bench_fib(
     n: Annotated[
