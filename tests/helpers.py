@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from pyarmonik.compute.orphans import die_with_parent
+from pyarmonik.compute.orphans import dying_with_parent
 from pyarmonik.config import PartitionSettings, Settings
 from pyarmonik.control.server import ControlPlane
 
@@ -254,10 +254,11 @@ class MotoServer:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-c", MOTO_SERVER, "-H", "127.0.0.1", "-p", str(self.port)],
+            dying_with_parent(
+                [sys.executable, "-c", MOTO_SERVER, "-H", "127.0.0.1", "-p", str(self.port)]
+            ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + 30
         while True:

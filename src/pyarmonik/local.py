@@ -10,7 +10,7 @@ import shlex
 import signal
 import sys
 
-from pyarmonik.compute.orphans import die_with_parent
+from pyarmonik.compute.orphans import dying_with_parent
 from pyarmonik.config import PartitionSettings, Settings
 from pyarmonik.control.server import ControlPlane
 
@@ -52,7 +52,7 @@ class LocalCluster:
                 command = self._agent_command(partition, index)
                 self.agents.append(
                     await asyncio.create_subprocess_exec(
-                        *command, env=env, start_new_session=True, preexec_fn=die_with_parent
+                        *dying_with_parent(command), env=env, start_new_session=True
                     )
                 )
         return f"{self.settings.host}:{port}"

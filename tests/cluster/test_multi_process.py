@@ -36,7 +36,7 @@ from armonik.common import (
     TaskStatusUpdateEvent,
 )
 
-from pyarmonik.compute.orphans import die_with_parent
+from pyarmonik.compute.orphans import dying_with_parent
 from tests.helpers import (
     OFFICIAL_WORKER,
     PG_RABBIT_REDIS,
@@ -57,11 +57,10 @@ def pyarmonik(name: str, args: list[str], logs: Path) -> Iterator[subprocess.Pop
     """A `pyarmonik ...` process (its stderr in logs/<name>.log); SIGTERM, then SIGKILL."""
     log: IO[bytes] = open(logs / f"{name}.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [sys.executable, "-m", "pyarmonik.cli.main", *args],
+        dying_with_parent([sys.executable, "-m", "pyarmonik.cli.main", *args]),
         stdout=subprocess.DEVNULL,
         stderr=log,
         start_new_session=True,
-        preexec_fn=die_with_parent,
     )
     try:
         yield process

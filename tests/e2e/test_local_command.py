@@ -135,3 +135,26 @@ def test_sigterm_lets_the_running_task_finish(tmp_path: Path) -> None:
             assert ArmoniKResults(channel).download_result_data(out, session_id) == b"42"
     finally:
         cluster.stop()
+
+
+def test_kill_9_of_the_cluster_takes_its_agents_and_workers_along(tmp_path: Path) -> None:
+    """No Ctrl-C handler runs on SIGKILL: the kernel stops the children (parent-death signal)."""
+    cluster = LocalProcess(
+        ["--port", str(free_port()), "--agents", "2", "--worker", OFFICIAL_WORKER,
+         "--data-dir", str(tmp_path)]
+    )  # fmt: skip
+    cluster.start()
+    assert cluster.process is not None
+    try:
+        deadline = time.monotonic() + 30
+        while len(everything := descendants(cluster.process.pid)) < 4:
+            assert time.monotonic() < deadline, "two agents and their two workers did not start"
+            time.sleep(0.1)
+        cluster.process.kill()
+        cluster.process.wait()
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in everything):
+            assert time.monotonic() < deadline, "agents or workers outlived a killed cluster"
+            time.sleep(0.1)
+    finally:
+        cluster.stop()

@@ -1,20 +1,30 @@
-"""Children that die with their parent, so a killed agent leaves no worker behind."""
+"""Children that die with their parent, so a killed agent leaves no worker behind.
+
+Not with a `preexec_fn`: Python code between fork and exec in a process with threads (gRPC
+has several) runs the interpreter's at-fork handlers in a copy of a process whose other
+threads may hold locks; CI saw such children segfault. The child instead execs a tiny
+launcher that asks the kernel for SIGKILL on the parent's death, then execs the command.
+"""
 
 from __future__ import annotations
 
-import ctypes
-import signal
+import os
 import sys
+from collections.abc import Sequence
 
-PR_SET_PDEATHSIG = 1
+# argv: parent pid, command... . PR_SET_PDEATHSIG is 1; a parent already gone by then
+# would never send the signal, hence the check after asking.
+_LAUNCHER = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(1)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
 
-# Looked up now, in the parent: between fork and exec the child of a process with threads
-# may only do async-signal-safe things, and loading a library (dlopen, malloc) is not one of
-# them (a thread holding the allocator's lock at fork time makes the child crash or hang).
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
-
-def die_with_parent() -> None:
-    """A `preexec_fn`: on Linux, the child gets SIGKILL when its parent dies."""
-    if _prctl is not None:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+def dying_with_parent(command: Sequence[str]) -> list[str]:
+    """`command`, run so that on Linux it gets SIGKILL when this process dies."""
+    if not sys.platform.startswith("linux"):
+        return list(command)
+    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), *command]

@@ -15,7 +15,7 @@ import grpc
 from armonik.protogen.common import objects_pb2, worker_common_pb2
 from armonik.protogen.worker.worker_service_pb2_grpc import WorkerStub
 
-from pyarmonik.compute.orphans import die_with_parent
+from pyarmonik.compute.orphans import dying_with_parent
 from pyarmonik.domain.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -55,11 +55,10 @@ class WorkerProcess:
         if self.command:
             self.worker_socket.unlink(missing_ok=True)
             # `exec`: the worker replaces the shell, so it is the one that dies with us.
-            self._process = await asyncio.create_subprocess_shell(
-                f"exec {self.command}",
+            self._process = await asyncio.create_subprocess_exec(
+                *dying_with_parent(["/bin/sh", "-c", f"exec {self.command}"]),
                 env=self.environment(),
                 start_new_session=True,
-                preexec_fn=die_with_parent,
             )
         self._channel = grpc.aio.insecure_channel(
             f"unix://{self.worker_socket}",

@@ -35,7 +35,7 @@ from armonik.common import (
     create_channel,
 )
 
-from pyarmonik.compute.orphans import die_with_parent
+from pyarmonik.compute.orphans import dying_with_parent
 from pyarmonik.sdk import payload
 from pyarmonik.sdk.context import (
     Args,
@@ -151,12 +151,11 @@ class _LocalProcess:
                    "--data-dir", str(self.data_dir)] + (["--agents", str(agents)] if agents else [])  # fmt: skip
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
-                command,
+                dying_with_parent(command),
                 stdout=subprocess.PIPE,
                 stderr=log_file,
                 env={**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))},
                 start_new_session=True,
-                preexec_fn=die_with_parent,
             )
         self.endpoint = self._read_endpoint(timeout)
 
