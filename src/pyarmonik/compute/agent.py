@@ -4,7 +4,8 @@ Three stages run concurrently, so that the worker never waits for the database:
   fetch   pull a message, acquire its task, prefetch its inputs into a private folder
   run     call Worker.Process (deadline = max_duration), serving the Agent API meanwhile
   post    commit the outcome in one transaction, ack the message, clean the folder
-While task n runs, task n+1 is acquired and prefetched and task n-1 is post-processed.
+While task n runs, task n+1 is acquired and prefetched and task n-1 is post-processed
+(while tasks are short, n+1 and n+2 are acquired together).
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ CANCEL_STATUSES = frozenset({TaskStatus.CANCELLING, TaskStatus.CANCELLED})
 # Longest pause between two looks at an empty queue (a table queue is looked at with a read:
 # an idle agent costs next to nothing, and a task that becomes ready waits little).
 IDLE_POLL = 0.1
+# While tasks run shorter than this, the fetch stage takes two at a time (one acquisition
+# transaction for both) and keeps the second in reserve; a reserve that waits longer than
+# RESERVE_HOLD (the running task is long after all) is given back for an idle agent.
+SHORT_TASK = 0.05
+RESERVE_HOLD = 0.2
 
 
 @dataclass
@@ -114,6 +120,7 @@ class Agent:
         self.held: dict[str, Held] = {}
         self.folders = TaskFolders(self.work_dir / "tasks")
         self.prepared: asyncio.Queue[Held | None] = asyncio.Queue(maxsize=1)
+        self.reserve: list[Held] = []  # acquired and prefetched, next in line for `prepared`
         self.ended: asyncio.Queue[Ended | None] = asyncio.Queue()
         self.api = AgentApi(backends)
         self.worker = WorkerProcess(
@@ -127,6 +134,7 @@ class Agent:
         self._stopping = asyncio.Event()
         self._running: Running | None = None
         self._queue_was_empty = True
+        self._last_run_seconds = float("inf")  # of the last task the worker ran
         self._stage_seconds = [
             AGENT_STAGE_SECONDS.labels(settings.partition_id, stage)
             for stage in ("queue_wait", "prefetch", "processing", "post_processing")
@@ -227,14 +235,20 @@ class Agent:
     # -- fetch stage -------------------------------------------------------------------------
 
     async def _fetch_loop(self) -> None:
-        """Keep exactly one task prepared ahead of the one running."""
+        """Keep a task prepared ahead of the one running (and one in reserve while tasks are
+        short)."""
         idle = 0.01
         try:
             while not self._stopping.is_set():
                 if not await self._slot_freed():
                     continue
+                if self.reserve:
+                    self.prepared.put_nowait(self.reserve.pop())
+                    continue
                 try:
-                    messages, taken = await self._pull()
+                    messages, taken = await self._pull(
+                        2 if self._last_run_seconds < SHORT_TASK else 1
+                    )
                 except Exception:
                     BACKEND_ERRORS.labels("queue.pull").inc()
                     log.exception("pulling from the queue failed; retrying")
@@ -258,40 +272,47 @@ class Agent:
                         continue
                     if held is not None:
                         held.prepared_at = now()
-                        self.prepared.put_nowait(held)
+                        if self.prepared.empty():
+                            self.prepared.put_nowait(held)
+                        else:
+                            self.reserve.append(held)
         finally:
+            await self._give_back_reserve()
             await self._give_back_prepared()
             self.prepared.put_nowait(None)
 
     async def _slot_freed(self) -> bool:
-        """Wait until the prepared slot is empty. A task prepared for too long (the running
-        one is long) is given back, so that an idle agent can take it."""
+        """Wait until the prepared slot is empty. Tasks held ahead for too long (the running
+        one is long) are given back, so that an idle agent can take them: the reserve after
+        RESERVE_HOLD, the prepared one after `prepared_timeout`."""
         if self.prepared.empty():
             return True
         self._slot_free.clear()
         if self.prepared.empty():  # taken meanwhile
             return True
+        hold = RESERVE_HOLD if self.reserve else self.settings.prepared_timeout
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._slot_free.wait(), self.settings.prepared_timeout)
+            await asyncio.wait_for(self._slot_free.wait(), hold)
             return True
-        if not self.prepared.empty():
-            held = self.prepared.get_nowait()
-            if held is not None:
-                await self._give_back(held)
+        if self.reserve:
+            await self._give_back_reserve()
+        else:
+            await self._give_back_prepared()
         return False
 
-    async def _pull(self) -> tuple[list[QueueMessage], dict[str, Acquisition]]:
-        """Pull a message. With the queue in the database, its task is acquired in the same
-        transaction when it is in the common case (SUBMITTED, session RUNNING)."""
+    async def _pull(self, count: int) -> tuple[list[QueueMessage], dict[str, Acquisition]]:
+        """Pull up to `count` messages. With the queue in the database, their tasks are
+        acquired in the same transaction when in the common case (SUBMITTED, session
+        RUNNING)."""
         assert self.processing is not None
         partition, lease = self.settings.partition_id, self.settings.lease
         queue = self.backends.queue_in_database
         if queue is None:
-            return await self.backends.queue.pull(partition, 1, lease), {}
+            return await self.backends.queue.pull(partition, count, lease), {}
         if self._queue_was_empty and not await queue.visible(partition):
             return [], {}  # an empty queue is watched without taking the write lock
         async with self.backends.database.write() as repository:
-            messages = await queue.pull_within(repository, partition, 1, lease)
+            messages = await queue.pull_within(repository, partition, count, lease)
             self._queue_was_empty = not messages
             fresh = [m.task_id for m in messages if m.task_id not in self.held]
             taken = await self.processing.take(repository, fresh, now()) if fresh else []
@@ -344,6 +365,10 @@ class Agent:
             *(write_blob(self.backends, found[i].opaque_id, held.folder / i) for i in needed)
         )
         held.fetched_at = now()
+
+    async def _give_back_reserve(self) -> None:
+        while self.reserve:
+            await self._give_back(self.reserve.pop())
 
     async def _give_back_prepared(self) -> None:
         while not self.prepared.empty():
@@ -411,9 +436,11 @@ class Agent:
         finally:
             outcome = self.api.context.outcome
             self.api.context = None
+        processed_at = now()
+        self._last_run_seconds = processed_at - (task.started_at or processed_at)
         if kind in ("timeout", "cancelled", "crash"):
             await self._recover_worker(f"task {task.task_id}: {kind}")
-        return Ended(held, kind, detail, outcome, now())
+        return Ended(held, kind, detail, outcome, processed_at)
 
     async def _recover_worker(self, reason: str = "agent error") -> None:
         """Restart the worker until it is healthy again (it is our only way to run tasks)."""

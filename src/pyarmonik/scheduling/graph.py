@@ -146,13 +146,17 @@ async def submit(
     ]
 
 
+async def released_by(repository: Repository, completed: Sequence[str]) -> list[str]:
+    """Results just became COMPLETED: the tasks that were waiting only for them (to `submit`)."""
+    waiting = await repository.remove_dependencies(completed)
+    return await repository.without_dependencies(waiting)
+
+
 async def resolve(
     repository: Repository, session: Session, completed: Sequence[str]
 ) -> list[ReadyTask]:
-    """Results just became COMPLETED: release the tasks that were waiting only for them."""
-    waiting = await repository.remove_dependencies(completed)
-    ready = await repository.without_dependencies(waiting)
-    return await submit(repository, session, ready)
+    """Results just became COMPLETED: submit the tasks that were waiting only for them."""
+    return await submit(repository, session, await released_by(repository, completed))
 
 
 async def terminate(

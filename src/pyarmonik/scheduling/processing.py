@@ -24,7 +24,7 @@ from pyarmonik.scheduling.graph import (
     create_tasks,
     push_ready,
     push_ready_within,
-    resolve,
+    released_by,
     submit,
     terminate,
 )
@@ -239,7 +239,9 @@ class TaskProcessing:
         ready: list[ReadyTask] = []
         try:
             async with self.backends.database.write() as repository:
-                session = await load_session(repository, task.session_id)
+                # Read only when tasks are to be created or submitted (most tasks have
+                # neither): submitting needs its current status (paused or not).
+                session: Session | None = None
                 await repository.insert(outcome.created)
                 completed: list[str] = []
                 for stored in outcome.stored:
@@ -255,8 +257,11 @@ class TaskProcessing:
                         },
                     )
                 if outcome.subtasks:
+                    session = await load_session(repository, task.session_id)
                     ready += await create_tasks(repository, session, outcome.subtasks, parent=task)
-                ready += await resolve(repository, session, completed)
+                if released := await released_by(repository, completed):
+                    session = session or await load_session(repository, task.session_id)
+                    ready += await submit(repository, session, released)
                 # Outputs neither produced nor handed over would stay CREATED forever and
                 # their readers would wait forever: abort them instead (ArmoniK only logs).
                 handled = {r.result_id for r in outcome.stored} | {
