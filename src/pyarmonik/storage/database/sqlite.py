@@ -196,6 +196,14 @@ def _connect(path: Path) -> sqlite3.Connection:
     return connection
 
 
+def _checkpoint(path: Path) -> None:
+    connection = _connect(path)
+    try:
+        connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    finally:
+        connection.close()
+
+
 def _fetch(connection: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Row]:
     cursor = connection.execute(sql, params)
     rows = cursor.fetchall()
@@ -287,6 +295,7 @@ class SqliteDatabase:
         self._committers: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
         self._checkpointer: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
 
     async def start(self) -> None:
         await asyncio.to_thread(self._create)
@@ -305,22 +314,22 @@ class SqliteDatabase:
             connection.close()
 
     async def _checkpoints(self) -> None:
-        """Move the WAL into the database file now and then, off the loop (this fsyncs)."""
-        connection = await asyncio.to_thread(_connect, self.path)
-        try:
-            while True:
-                await asyncio.sleep(CHECKPOINT_EVERY)
-                await asyncio.to_thread(connection.execute, "PRAGMA wal_checkpoint(PASSIVE)")
-        finally:
-            connection.close()
+        """Move the WAL into the database file now and then, off the loop (this fsyncs).
+        Each checkpoint has a connection of its own, opened and closed in its thread: a
+        connection closed while another thread runs on it crashes the process (CI saw it
+        when a cancelled checkpointer closed its connection under a running checkpoint)."""
+        while True:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), CHECKPOINT_EVERY)
+                return
+            await asyncio.to_thread(_checkpoint, self.path)
 
     async def close(self) -> None:
         if self._committers:  # writes under way are committed, not dropped
             await asyncio.gather(*self._committers, return_exceptions=True)
         if self._checkpointer is not None:
-            self._checkpointer.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._checkpointer
+            self._closing.set()
+            await self._checkpointer
         for connection in (self._writer, self._reader):
             if connection is not None:
                 connection.close()
