@@ -647,6 +647,25 @@ async def test_dependencies(database: Database) -> None:
         assert await repository.waiting_on(["r2", "r9"]) == []
 
 
+async def test_parked_messages(database: Database) -> None:
+    async with database.write() as repository:
+        await repository.park_unqueued([("t2", "part-b", 5), ("t3", "part-a", 1)], NOW + 1)
+        await repository.park_unqueued([("t1", "part-a", 9)], NOW)
+        await repository.park_unqueued([("t1", "part-a", 9)], NOW + 2)  # parked already
+    async with database.read() as repository:
+        assert (await repository.unqueued(10))[0] == ("t1", "part-a", 9)  # the oldest first
+        assert sorted(await repository.unqueued(10)) == [
+            ("t1", "part-a", 9),
+            ("t2", "part-b", 5),
+            ("t3", "part-a", 1),
+        ]
+        assert await repository.unqueued(1) == [("t1", "part-a", 9)]
+    async with database.write() as repository:
+        await repository.unpark(["t1", "t3", "missing"])
+    async with database.read() as repository:
+        assert await repository.unqueued(10) == [("t2", "part-b", 5)]
+
+
 async def test_large_in_lists(database: Database) -> None:
     count = CHUNK + 17
     ids = [f"r{i:05d}" for i in range(count)]
@@ -841,7 +860,7 @@ async def test_postgres_concurrent_starts_and_restart() -> None:
             async with databases[3].read() as repository:
                 assert [t.task_id for t in await repository.find(Task, {})] == ["t1"]
                 versions = await repository.connection.fetch("SELECT version FROM schema_version")
-                assert [row["version"] for row in versions] == [1]
+                assert [row["version"] for row in versions] == [1, 2]
         finally:
             for database in databases:
                 await database.close()
@@ -850,6 +869,25 @@ async def test_postgres_concurrent_starts_and_restart() -> None:
         try:
             async with again.read() as repository:
                 assert await repository.get(Task, "t1") == make_task("t1")
+        finally:
+            await again.close()
+
+
+async def test_postgres_schema_of_version_1_is_upgraded() -> None:
+    """A database made before the `unqueued` table (version 1) gets it at the next start."""
+    async with postgres_schema() as url:
+        database = PostgresDatabase(url)
+        await database.start()
+        async with database.write() as repository:
+            await repository.connection.execute("DROP TABLE unqueued")
+            await repository.connection.execute("DELETE FROM schema_version WHERE version = 2")
+        await database.close()
+        again = PostgresDatabase(url)
+        await again.start()
+        try:
+            async with again.write() as repository:
+                await repository.park_unqueued([("t1", "default", 1)], NOW)
+                assert await repository.unqueued(5) == [("t1", "default", 1)]
         finally:
             await again.close()
 

@@ -28,7 +28,7 @@ import pytest
 from armonik.client import ArmoniKEvents, ArmoniKResults, ArmoniKSessions, ArmoniKTasks
 from armonik.common import Task, TaskDefinition, TaskOptions, TaskStatus
 
-from tests.helpers import PG_RABBIT_REDIS, cluster_backends, local_cluster
+from tests.helpers import PG_RABBIT_REDIS, cluster_backends, local_cluster, with_query
 
 pytestmark = pytest.mark.cluster
 
@@ -240,6 +240,83 @@ def test_session_survives_a_restart_of(service: str, tmp_path: Path) -> None:
         for output_id, data in expected:
             assert retrying(lambda o=output_id: results.download_result_data(o, session_id)) == data
         print(f"{service}: {dict(statuses)}")
+
+
+def test_tasks_made_ready_while_rabbitmq_is_down_are_queued_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """RabbitMQ down for longer than the queue waits for it (`?reconnect_for=0.5`): the
+    client's submission still succeeds, its tasks are parked in the database instead of
+    being left SUBMITTED without a message, and the control plane queues them once the
+    broker is back; so are the tasks that a completion made ready during the outage."""
+    if shutil.which("rabbitmqctl") is None:
+        reason = "cannot stop RabbitMQ here (rabbitmqctl not found)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI=true requires it")
+        pytest.skip(reason)
+    with cluster_backends(PG_RABBIT_REDIS, partitions=["default"]) as backends:
+        assert backends.queue is not None
+        backends.queue = with_query(backends.queue, reconnect_for="0.5")
+        with (
+            local_cluster(tmp_path, backends=backends) as cluster,
+            grpc.insecure_channel(cluster.endpoint) as channel,
+            service_left_running("rabbitmq"),
+        ):
+            session_id = ArmoniKSessions(channel).create_session(OPTIONS)
+            results, tasks = ArmoniKResults(channel), ArmoniKTasks(channel)
+            # `waiting` depends on `slow`'s output, which is completed during the outage.
+            slow_out, waiting_out = (
+                results.create_results_metadata(["slow", "waiting"], session_id)[name].result_id
+                for name in ("slow", "waiting")
+            )
+            payloads = results.create_results(
+                {
+                    "slow": json.dumps({"kind": "value", "value": 7, "sleep": 2}).encode(),
+                    "waiting": json.dumps({"kind": "sum_deps", "add": 1}).encode(),
+                },
+                session_id,
+            )
+            slow, _ = tasks.submit_tasks(
+                session_id,
+                [
+                    TaskDefinition(
+                        payload_id=payloads["slow"].result_id, expected_output_ids=[slow_out]
+                    ),
+                    TaskDefinition(
+                        payload_id=payloads["waiting"].result_id,
+                        expected_output_ids=[waiting_out],
+                        data_dependencies=[slow_out],
+                    ),
+                ],
+            )
+            wait_until(
+                lambda: (
+                    tasks.count_tasks_by_status(Task.session_id == session_id).get(
+                        TaskStatus.PROCESSING, 0
+                    )
+                    == 1
+                ),
+                "the slow task started",
+            )
+            run("rabbitmqctl stop_app")
+            try:
+                expected = submit(channel, session_id)  # succeeds: the messages are parked
+                wait_until(
+                    lambda: tasks.get_task(slow.id).status == TaskStatus.COMPLETED,
+                    "the slow task completed during the outage",
+                )
+            finally:
+                run("rabbitmqctl start_app")
+                wait_until(lambda: succeeds("rabbitmqctl await_startup"), "RabbitMQ up again")
+
+            def finished() -> bool:
+                counts = tasks.count_tasks_by_status(Task.session_id == session_id)
+                return not ACTIVE.intersection(counts)
+
+            wait_until(finished, "every task ran once RabbitMQ was back")
+            assert results.download_result_data(waiting_out, session_id) == b"8"
+            for output_id, data in expected:
+                assert results.download_result_data(output_id, session_id) == data
 
 
 def test_post_processing_given_up_is_recovered(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import grpc
@@ -30,12 +32,16 @@ from pyarmonik.domain.records import Partition
 from pyarmonik.observability import tracing
 from pyarmonik.scheduling.backends import Backends
 from pyarmonik.scheduling.changes import ChangeFeed
+from pyarmonik.scheduling.graph import push_parked
 from pyarmonik.scheduling.results import ResultService
 from pyarmonik.scheduling.sessions import SessionService
 from pyarmonik.scheduling.tasks import TaskService
 from pyarmonik.storage.factory import open_backends
 
 log = logging.getLogger(__name__)
+
+# How often a control plane pushes the messages parked while the queue was unreachable.
+PUSH_PARKED_EVERY = 2.0
 
 SERVER_OPTIONS = [
     # Inline data (CreateResults) may be large; streamed data is chunked anyway.
@@ -53,6 +59,7 @@ class ControlPlane:
         self.server: grpc.aio.Server | None = None
         self.port = settings.port
         self.http: HttpServer | None = None
+        self._pusher: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Start the backends and serve; return the bound port (useful with port 0)."""
@@ -94,8 +101,19 @@ class ControlPlane:
             self.http = HttpServer(self.backends, self.settings.host, self.settings.http_port)
             http_port = await self.http.start(any_port_if_taken=not self.settings.http_port_strict)
             log.info("metrics and health on http://%s:%s", self.settings.host, http_port)
+        if self.backends.queue_in_database is None:  # a table queue never refuses a push
+            self._pusher = asyncio.create_task(self._push_parked(), name="push-parked")
         log.info("control plane listening on %s:%s", self.settings.host, self.port)
         return self.port
+
+    async def _push_parked(self) -> None:
+        while True:
+            await asyncio.sleep(PUSH_PARKED_EVERY)
+            try:
+                if pushed := await push_parked(self.backends):
+                    log.info("queued %d parked ready tasks", pushed)
+            except Exception as error:  # still down: next round
+                log.debug("pushing parked ready tasks failed: %r", error)
 
     async def _register_partitions(self) -> None:
         partitions = self.backends.partitions
@@ -110,6 +128,11 @@ class ControlPlane:
             await self.server.wait_for_termination()
 
     async def stop(self, grace: float = 2.0) -> None:
+        if self._pusher is not None:
+            self._pusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pusher
+            self._pusher = None
         if self.http is not None:
             await self.http.stop()
             self.http = None

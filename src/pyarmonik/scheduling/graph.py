@@ -7,6 +7,7 @@ that became ready; the caller pushes them to the queue once the transaction comm
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,7 +21,8 @@ from pyarmonik.domain.statuses import (
 )
 from pyarmonik.scheduling.backends import Backends, now
 from pyarmonik.storage.database import Repository
-from pyarmonik.storage.queue import Queue
+
+log = logging.getLogger(__name__)
 
 UNUSABLE_RESULTS = frozenset({ResultStatus.ABORTED, ResultStatus.DELETED})
 
@@ -42,10 +44,44 @@ def _by_partition(ready: Sequence[ReadyTask]) -> dict[str, list[tuple[str, int]]
     return by_partition
 
 
-async def push_ready(queue: Queue, ready: Sequence[ReadyTask]) -> None:
-    """Push ready tasks, once the transaction that made them ready committed."""
+async def push_ready(backends: Backends, ready: Sequence[ReadyTask]) -> None:
+    """Push ready tasks, once the transaction that made them ready committed. Messages the
+    queue refuses (a broker down for longer than its reconnection window) are parked in the
+    database, and `push_parked` pushes them later: no task stays SUBMITTED without one."""
     for partition_id, messages in _by_partition(ready).items():
-        await queue.push(partition_id, messages)
+        try:
+            await backends.queue.push(partition_id, messages)
+        except Exception as error:
+            log.warning(
+                "queueing %d ready tasks failed (%r); parked until the queue is back",
+                len(messages),
+                error,
+            )
+            async with backends.database.write() as repository:
+                await repository.park_unqueued(
+                    [(task_id, partition_id, priority) for task_id, priority in messages], now()
+                )
+
+
+async def push_parked(backends: Backends, limit: int = 1000) -> int:
+    """Push parked messages (oldest first) while the queue takes them; how many it took.
+    A message pushed twice (two control planes, or a failure before the unpark) is harmless:
+    agents drop the message of a task that is not theirs to run."""
+    async with backends.database.read() as repository:
+        parked = await repository.unqueued(limit)
+    by_partition: dict[str, list[tuple[str, int]]] = {}
+    for task_id, partition_id, priority in parked:
+        by_partition.setdefault(partition_id, []).append((task_id, priority))
+    pushed: list[str] = []
+    try:
+        for partition_id, messages in by_partition.items():
+            await backends.queue.push(partition_id, messages)
+            pushed += [task_id for task_id, _ in messages]
+    finally:
+        if pushed:
+            async with backends.database.write() as repository:
+                await repository.unpark(pushed)
+    return len(pushed)
 
 
 async def push_ready_within(

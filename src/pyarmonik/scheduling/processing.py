@@ -302,7 +302,7 @@ class TaskProcessing:
                     await within(repository)
         except _NotOurs:
             return False
-        await push_ready(self.backends.queue, ready)
+        await push_ready(self.backends, ready)
         tracing.record_task(task, TaskStatus.COMPLETED, stamp, processed_at)
         return True
 
@@ -348,7 +348,7 @@ class TaskProcessing:
                     task.expected_output_ids,
                     f"Task {task.task_id} failed:\n{message}",
                 )
-        await push_ready(self.backends.queue, ready)
+        await push_ready(self.backends, ready)
         tracing.record_task(task, final, stamp, error=message)
         return final
 

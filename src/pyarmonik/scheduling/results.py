@@ -142,7 +142,7 @@ class ResultService:
                 )
             ready = await resolve(repository, session, [r.result_id for r in completed])
             ready = await push_ready_within(self.backends, repository, ready)
-        await push_ready(self.backends.queue, ready)
+        await push_ready(self.backends, ready)
         return completed
 
     async def download(self, session_id: str, result_id: str) -> AsyncIterator[bytes]:

@@ -135,7 +135,7 @@ class SessionService:
                 repository,
                 [ReadyTask(t.task_id, t.options.partition_id, t.options.priority) for t in resumed],
             )
-        await push_ready(self.backends.queue, ready)
+        await push_ready(self.backends, ready)
         return session
 
     async def close(self, session_id: str) -> Session:

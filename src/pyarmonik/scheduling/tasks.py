@@ -86,7 +86,7 @@ class TaskService:
             tasks = plan_tasks(session, request_options, creations)
             ready: list[ReadyTask] = await create_tasks(repository, session, tasks)
             ready = await push_ready_within(self.backends, repository, ready)
-        await push_ready(self.backends.queue, ready)
+        await push_ready(self.backends, ready)
         return tasks
 
     async def get(self, task_id: str) -> Task:

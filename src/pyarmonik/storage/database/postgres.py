@@ -196,7 +196,17 @@ EXECUTE FUNCTION {schema}.pyarmonik_log_result('5');
 """
 
 # Schema migrations, applied in order, each once (recorded in schema_version). Append only.
-MIGRATIONS: list[str] = [_TABLES + _LOG_FUNCTIONS + _LOG_TRIGGERS]
+# Ready tasks whose queue message could not be pushed (scheduling/graph.py parks them).
+_UNQUEUED = """
+CREATE TABLE IF NOT EXISTS unqueued (
+    task_id {text} PRIMARY KEY,
+    partition_id {text} NOT NULL,
+    priority INTEGER NOT NULL,
+    since DOUBLE PRECISION NOT NULL
+);
+"""
+
+MIGRATIONS: list[str] = [_TABLES + _LOG_FUNCTIONS + _LOG_TRIGGERS, _UNQUEUED]
 
 # What a connection attempt raises when the server is down, unknown, or refuses us.
 _UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)

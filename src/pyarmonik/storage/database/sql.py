@@ -350,6 +350,30 @@ class Repository:
                 rows,
             )
 
+    # -- tasks ready but not queued -------------------------------------------------------
+
+    async def park_unqueued(self, messages: Sequence[tuple[str, str, int]], since: float) -> None:
+        """Remember (task_id, partition_id, priority) messages that could not be pushed."""
+        if messages:
+            await self.connection.executemany(
+                "INSERT INTO unqueued (task_id, partition_id, priority, since) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(*message, since) for message in messages],
+            )
+
+    async def unqueued(self, limit: int) -> list[tuple[str, str, int]]:
+        """The oldest parked messages."""
+        rows = await self.connection.fetch(
+            "SELECT task_id, partition_id, priority FROM unqueued ORDER BY since LIMIT ?", [limit]
+        )
+        return [(row["task_id"], row["partition_id"], row["priority"]) for row in rows]
+
+    async def unpark(self, task_ids: Sequence[str]) -> None:
+        for part in chunks(list(task_ids)):
+            await self.connection.execute(
+                f"DELETE FROM unqueued WHERE task_id IN ({','.join('?' * len(part))})", list(part)
+            )
+
     # -- data dependencies ----------------------------------------------------------------
 
     async def add_dependencies(self, pairs: Iterable[tuple[str, str]]) -> None:

@@ -118,6 +118,14 @@ CREATE TABLE IF NOT EXISTS task_dependencies (
 );
 CREATE INDEX IF NOT EXISTS task_dependencies_result ON task_dependencies (result_id);
 
+-- Ready tasks whose queue message could not be pushed (scheduling/graph.py parks them).
+CREATE TABLE IF NOT EXISTS unqueued (
+    task_id TEXT PRIMARY KEY,
+    partition_id TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    since REAL NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,

@@ -84,14 +84,22 @@ class RabbitQueue:
         if not 2 <= max_priority <= 256:
             raise ValueError("max_priority must be between 2 and 256")
         # `?prefix=NAME` in the URL names the queues (deployments or tests sharing a broker);
-        # the `prefix` argument wins over it, "pyarmonik" is the default.
-        self.url, url_prefix = pop_query(url, "prefix")
+        # the `prefix` argument wins over it, "pyarmonik" is the default. `?reconnect_for=S`
+        # sets `reconnect_for`.
+        url, url_prefix = pop_query(url, "prefix")
+        self.url, url_reconnect_for = pop_query(url, "reconnect_for")
+        if url_reconnect_for is not None:
+            try:
+                reconnect_for = float(url_reconnect_for)
+            except ValueError:
+                raise ValueError("reconnect_for must be a number of seconds") from None
         self.prefix = prefix or url_prefix or "pyarmonik"
         self.max_priority = max_priority
         self.prefetch = max(1, prefetch)
         self.pull_wait = pull_wait
         self.consumer_timeout_ms = consumer_timeout_ms
-        # How long `push` waits for a lost connection to come back before it gives up.
+        # How long `push` waits for a lost connection to come back before it gives up (the
+        # scheduler then parks the messages in the database and pushes them later).
         self.reconnect_for = reconnect_for
         # Names of every queue this instance declared (tests and admin tools delete them).
         self.declared: set[str] = set()
