@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
+
+# Before anything imports gRPC: agents and workers are started from processes that hold gRPC
+# threads, where gRPC's fork handlers only print warnings, and no child uses gRPC's state.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import asyncio
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -13,10 +18,6 @@ import typer
 from pyarmonik.cli.inspect import register as register_inspection
 from pyarmonik.config import PartitionSettings, Settings, load_settings
 from pyarmonik.domain.errors import ArmoniKError
-
-# Agents and workers are started from processes that hold gRPC threads: gRPC's fork handlers
-# only print warnings there, and we never use a child's gRPC state.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 app = typer.Typer(
     no_args_is_help=True, help="pyarmonik: ArmoniK, the computation orchestrator, in Python."
