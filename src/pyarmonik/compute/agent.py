@@ -326,7 +326,12 @@ class Agent:
             await queue.ack([message])  # a duplicate of a message we are handling
             return None
         try:
-            acquisition = taken or await self.processing.acquire(message.task_id, self.probe, now())
+            acquisition = taken or await self.processing.acquire(
+                message.task_id,
+                self.probe,
+                now(),
+                tried_take=self.backends.queue_in_database is not None,
+            )
         except Exception:
             log.exception("acquiring task %s failed", message.task_id)
             await queue.release([message], delay=1.0)

@@ -83,11 +83,15 @@ class TaskProcessing:
 
     # -- acquisition -------------------------------------------------------------------------
 
-    async def acquire(self, task_id: str, probe: OwnerProbe, received_at: float) -> Acquisition:
-        """ArmoniK's acquisition (reference §4.2), on conditional updates."""
-        fast = await self._try_dispatch(task_id, received_at)
-        if fast is not None:
-            return fast
+    async def acquire(
+        self, task_id: str, probe: OwnerProbe, received_at: float, tried_take: bool = False
+    ) -> Acquisition:
+        """ArmoniK's acquisition (reference §4.2), on conditional updates. `tried_take`: the
+        caller's `take` just failed for this task (the common case is not worth retrying)."""
+        if not tried_take:
+            fast = await self._try_dispatch(task_id, received_at)
+            if fast is not None:
+                return fast
         async with self.backends.database.write() as repository:
             task = await repository.get(Task, task_id)
             if task is None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import itertools
 import logging
+import operator
 import os
 import selectors
 import shutil
@@ -435,12 +437,13 @@ class Cluster:
         had run, and the other calls are submitted."""
         needed = sorted({d for definition in definitions for d in definition.data_dependencies})
         session_id = self.session.id
-        unusable = {
-            result_id
-            for result_id in needed
-            if self._results.get_result(result_id).status
-            in (ResultStatus.ABORTED, ResultStatus.DELETED)
-        }
+        unusable: set[str] = set()
+        for start in range(0, len(needed), 100):  # a filter of 100 ids per call
+            ids = needed[start : start + 100]
+            matching = functools.reduce(operator.or_, (Result.result_id == i for i in ids))
+            gone = (Result.status == ResultStatus.ABORTED) | (Result.status == ResultStatus.DELETED)
+            _, listed = self._results.list_results(matching & gone, page_size=len(ids))
+            unusable.update(result.result_id for result in listed)
         if not unusable:
             raise error
         healthy = []
