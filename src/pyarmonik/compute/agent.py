@@ -52,9 +52,10 @@ CANCEL_STATUSES = frozenset({TaskStatus.CANCELLING, TaskStatus.CANCELLED})
 # Longest pause between two looks at an empty queue (a table queue is looked at with a read:
 # an idle agent costs next to nothing, and a task that becomes ready waits little).
 IDLE_POLL = 0.1
-# While tasks run shorter than this, the fetch stage takes two at a time (one acquisition
-# transaction for both) and keeps the second in reserve; a reserve that waits longer than
-# RESERVE_HOLD (the running task is long after all) is given back for an idle agent.
+# While tasks run shorter than this, the fetch stage takes two at a time from a table queue
+# (one pull-and-acquire transaction for both; other queues gain nothing from it) and keeps
+# the second in reserve; a reserve that waits longer than RESERVE_HOLD (the running task is
+# long after all) is given back for an idle agent.
 SHORT_TASK = 0.05
 RESERVE_HOLD = 0.2
 
@@ -246,9 +247,7 @@ class Agent:
                     self.prepared.put_nowait(self.reserve.pop())
                     continue
                 try:
-                    messages, taken = await self._pull(
-                        2 if self._last_run_seconds < SHORT_TASK else 1
-                    )
+                    messages, taken = await self._pull(self._batch_size())
                 except Exception:
                     BACKEND_ERRORS.labels("queue.pull").inc()
                     log.exception("pulling from the queue failed; retrying")
@@ -280,6 +279,10 @@ class Agent:
             await self._give_back_reserve()
             await self._give_back_prepared()
             self.prepared.put_nowait(None)
+
+    def _batch_size(self) -> int:
+        short = self._last_run_seconds < SHORT_TASK
+        return 2 if short and self.backends.queue_in_database is not None else 1
 
     async def _slot_freed(self) -> bool:
         """Wait until the prepared slot is empty. Tasks held ahead for too long (the running
