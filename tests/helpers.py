@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import os
 import signal
 import socket
@@ -21,7 +22,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
+import grpc
 import pytest
+from armonik.client import ArmoniKResults, ArmoniKTasks
+from armonik.common import TaskDefinition
 
 from pyarmonik.compute.orphans import dying_with_parent
 from pyarmonik.config import PartitionSettings, Settings
@@ -133,6 +137,40 @@ class LocalProcess:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         return self.process.returncode
+
+
+def submit_orders(
+    channel: grpc.Channel, session_id: str, orders: Sequence[dict[str, object]], batch: int = 500
+) -> tuple[list[str], list[str]]:
+    """One task per order of the end-to-end worker (tests/e2e/workers/official.py: the order,
+    as JSON, is the payload), `batch` tasks per call; (task ids, output ids) in order."""
+    results, tasks = ArmoniKResults(channel), ArmoniKTasks(channel)
+    task_ids: list[str] = []
+    output_ids: list[str] = []
+    for start in range(0, len(orders), batch):
+        chunk = range(start, min(start + batch, len(orders)))
+        outputs = results.create_results_metadata(
+            [f"out-{i}" for i in chunk], session_id, batch_size=batch
+        )
+        payloads = results.create_results(
+            {f"in-{i}": json.dumps(orders[i]).encode() for i in chunk},
+            session_id,
+            batch_size=batch,
+        )
+        submitted = tasks.submit_tasks(
+            session_id,
+            [
+                TaskDefinition(
+                    payload_id=payloads[f"in-{i}"].result_id,
+                    expected_output_ids=[outputs[f"out-{i}"].result_id],
+                )
+                for i in chunk
+            ],
+            chunk_size=batch,
+        )
+        task_ids += [task.id for task in submitted]
+        output_ids += [outputs[f"out-{i}"].result_id for i in chunk]
+    return task_ids, output_ids
 
 
 @contextmanager

@@ -28,7 +28,13 @@ import pytest
 from armonik.client import ArmoniKEvents, ArmoniKResults, ArmoniKSessions, ArmoniKTasks
 from armonik.common import Task, TaskDefinition, TaskOptions, TaskStatus
 
-from tests.helpers import PG_RABBIT_REDIS, cluster_backends, local_cluster, with_query
+from tests.helpers import (
+    PG_RABBIT_REDIS,
+    cluster_backends,
+    local_cluster,
+    submit_orders,
+    with_query,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -147,27 +153,8 @@ def submit(channel: grpc.Channel, session_id: str) -> list[tuple[str, bytes]]:
     ]
     for n in range(FANOUTS):
         orders.insert(n * (VALUES // FANOUTS), ({"kind": "fanout", "n": 4}, b"10"))
-    results = ArmoniKResults(channel)
-    outputs = results.create_results_metadata(
-        [f"o{i}" for i in range(len(orders))], session_id, batch_size=500
-    )
-    payloads = results.create_results(
-        {f"p{i}": json.dumps(order).encode() for i, (order, _) in enumerate(orders)},
-        session_id,
-        batch_size=500,
-    )
-    ArmoniKTasks(channel).submit_tasks(
-        session_id,
-        [
-            TaskDefinition(
-                payload_id=payloads[f"p{i}"].result_id,
-                expected_output_ids=[outputs[f"o{i}"].result_id],
-            )
-            for i in range(len(orders))
-        ],
-        chunk_size=500,
-    )
-    return [(outputs[f"o{i}"].result_id, expected) for i, (_, expected) in enumerate(orders)]
+    _, output_ids = submit_orders(channel, session_id, [order for order, _ in orders])
+    return [(out, expected) for out, (_, expected) in zip(output_ids, orders, strict=True)]
 
 
 def all_tasks(channel: grpc.Channel, session_id: str) -> list[Task]:

@@ -6,7 +6,6 @@ downloaded (through the other replica than the one it was submitted to) and chec
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -30,7 +29,6 @@ from armonik.common import (
     ResultStatus,
     ResultStatusUpdateEvent,
     Task,
-    TaskDefinition,
     TaskOptions,
     TaskStatus,
     TaskStatusUpdateEvent,
@@ -43,6 +41,7 @@ from tests.helpers import (
     BackendUrls,
     cluster_backends,
     free_port,
+    submit_orders,
 )
 
 pytestmark = pytest.mark.cluster
@@ -136,34 +135,7 @@ def submit_values(
     channel: grpc.Channel, session_id: str, values: list[int]
 ) -> tuple[list[str], list[str]]:
     """One "value" task per value; returns (task ids, output ids) in the order of `values`."""
-    results, tasks = ArmoniKResults(channel), ArmoniKTasks(channel)
-    batch = 500
-    task_ids: list[str] = []
-    output_ids: list[str] = []
-    for start in range(0, len(values), batch):
-        chunk = values[start : start + batch]
-        outputs = results.create_results_metadata(
-            [f"o{v}" for v in chunk], session_id, batch_size=batch
-        )
-        payloads = results.create_results(
-            {f"p{v}": json.dumps({"kind": "value", "value": v}).encode() for v in chunk},
-            session_id,
-            batch_size=batch,
-        )
-        submitted = tasks.submit_tasks(
-            session_id,
-            [
-                TaskDefinition(
-                    payload_id=payloads[f"p{v}"].result_id,
-                    expected_output_ids=[outputs[f"o{v}"].result_id],
-                )
-                for v in chunk
-            ],
-            chunk_size=batch,
-        )
-        task_ids += [task.id for task in submitted]
-        output_ids += [outputs[f"o{v}"].result_id for v in chunk]
-    return task_ids, output_ids
+    return submit_orders(channel, session_id, [{"kind": "value", "value": v} for v in values])
 
 
 class Completions:

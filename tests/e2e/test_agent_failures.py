@@ -3,7 +3,6 @@ twice, and every output is right."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -13,9 +12,9 @@ from pathlib import Path
 
 import grpc
 from armonik.client import ArmoniKEvents, ArmoniKResults, ArmoniKSessions, ArmoniKTasks
-from armonik.common import Task, TaskDefinition, TaskOptions, TaskStatus
+from armonik.common import Task, TaskOptions, TaskStatus
 
-from tests.helpers import local_cluster
+from tests.helpers import local_cluster, submit_orders
 from tests.processes import agent_pids
 
 OPTIONS = TaskOptions(max_duration=timedelta(seconds=60), priority=1, max_retries=3)
@@ -34,28 +33,8 @@ def test_kill_one_of_two_agents_mid_session(tmp_path: Path) -> None:
         session_id = ArmoniKSessions(channel).create_session(OPTIONS)
         results, tasks = ArmoniKResults(channel), ArmoniKTasks(channel)
         count = 500
-        outputs = results.create_results_metadata(
-            [f"o{i}" for i in range(count)], session_id, batch_size=500
-        )
-        payloads = results.create_results(
-            {
-                f"p{i}": json.dumps({"kind": "value", "value": i * 3, "sleep": 0.01}).encode()
-                for i in range(count)
-            },
-            session_id,
-            batch_size=500,
-        )
-        tasks.submit_tasks(
-            session_id,
-            [
-                TaskDefinition(
-                    payload_id=payloads[f"p{i}"].result_id,
-                    expected_output_ids=[outputs[f"o{i}"].result_id],
-                )
-                for i in range(count)
-            ],
-            chunk_size=500,
-        )
+        orders = [{"kind": "value", "value": i * 3, "sleep": 0.01} for i in range(count)]
+        _, output_ids = submit_orders(channel, session_id, orders)
         while (
             tasks.count_tasks_by_status(Task.session_id == session_id).get(TaskStatus.COMPLETED, 0)
             < 50
@@ -64,14 +43,9 @@ def test_kill_one_of_two_agents_mid_session(tmp_path: Path) -> None:
         victim = agent_pids(cluster.process.pid)[0]
         os.kill(victim, signal.SIGKILL)
 
-        ArmoniKEvents(channel).wait_for_result_availability(
-            [outputs[f"o{i}"].result_id for i in range(count)], session_id
-        )
+        ArmoniKEvents(channel).wait_for_result_availability(output_ids, session_id)
         for i in range(count):
-            assert (
-                results.download_result_data(outputs[f"o{i}"].result_id, session_id)
-                == str(i * 3).encode()
-            )
+            assert results.download_result_data(output_ids[i], session_id) == str(i * 3).encode()
         listed: list[Task] = []
         page = 0
         while True:

@@ -3,16 +3,15 @@ one in reserve; behind a long task the reserve is given back at once for other a
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import grpc
 from armonik.client import ArmoniKEvents, ArmoniKResults, ArmoniKSessions, ArmoniKTasks
-from armonik.common import Task, TaskDefinition, TaskOptions, TaskStatus
+from armonik.common import Task, TaskOptions, TaskStatus
 
-from tests.helpers import local_cluster
+from tests.helpers import local_cluster, submit_orders
 
 OPTIONS = TaskOptions(max_duration=timedelta(seconds=60), priority=1, max_retries=1)
 LONG = 3.0  # seconds; the reserve is held 0.2 s at most behind it
@@ -30,22 +29,9 @@ def test_behind_a_long_task_only_the_prepared_one_stays_held(tmp_path: Path) -> 
         results, tasks = ArmoniKResults(channel), ArmoniKTasks(channel)
         orders: list[dict[str, object]] = [{"kind": "value", "value": i} for i in range(12)]
         orders[5] = {"kind": "value", "value": 5, "sleep": LONG}
-        outputs = results.create_results_metadata([f"o{i}" for i in range(len(orders))], session_id)
-        payloads = results.create_results(
-            {f"p{i}": json.dumps(order).encode() for i, order in enumerate(orders)}, session_id
-        )
-        submitted = tasks.submit_tasks(
-            session_id,
-            [
-                TaskDefinition(
-                    payload_id=payloads[f"p{i}"].result_id,
-                    expected_output_ids=[outputs[f"o{i}"].result_id],
-                )
-                for i in range(len(orders))
-            ],
-        )
+        task_ids, output_ids = submit_orders(channel, session_id, orders)
         deadline = time.monotonic() + 30
-        while tasks.get_task(submitted[5].id).status != TaskStatus.PROCESSING:
+        while tasks.get_task(task_ids[5]).status != TaskStatus.PROCESSING:
             assert time.monotonic() < deadline, "the long task did not start"
             time.sleep(0.05)
         time.sleep(1.0)  # well past the reserve's hold, well before the long task ends
@@ -53,9 +39,6 @@ def test_behind_a_long_task_only_the_prepared_one_stays_held(tmp_path: Path) -> 
         assert counts.get(TaskStatus.PROCESSING) == 1, counts
         assert counts.get(TaskStatus.DISPATCHED) == 1, f"only T6 is held: {counts}"
         assert counts.get(TaskStatus.SUBMITTED) == 5, f"T7 given back, T8-T11 untouched: {counts}"
-        ArmoniKEvents(channel).wait_for_result_availability(
-            [o.result_id for o in outputs.values()], session_id
-        )
-        for i in range(len(orders)):
-            value = results.download_result_data(outputs[f"o{i}"].result_id, session_id)
-            assert value == str(i).encode()
+        ArmoniKEvents(channel).wait_for_result_availability(output_ids, session_id)
+        for i, output_id in enumerate(output_ids):
+            assert results.download_result_data(output_id, session_id) == str(i).encode()

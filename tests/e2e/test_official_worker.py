@@ -13,7 +13,13 @@ import pytest
 from armonik.client import ArmoniKEvents, ArmoniKResults, ArmoniKSessions, ArmoniKTasks
 from armonik.common import ResultStatus, Task, TaskDefinition, TaskOptions, TaskStatus
 
-from tests.helpers import BACKEND_PARAMS, LocalProcess, cluster_backends, local_cluster
+from tests.helpers import (
+    BACKEND_PARAMS,
+    LocalProcess,
+    cluster_backends,
+    local_cluster,
+    submit_orders,
+)
 
 OPTIONS = TaskOptions(max_duration=timedelta(seconds=30), priority=1, max_retries=2)
 
@@ -38,24 +44,7 @@ def channel(cluster: LocalProcess) -> Iterator[grpc.Channel]:
 
 def submit(channel: grpc.Channel, session_id: str, orders: list[dict[str, object]]) -> list[str]:
     """One task per order; returns the output ids."""
-    results = ArmoniKResults(channel)
-    outputs = results.create_results_metadata([f"out-{i}" for i in range(len(orders))], session_id)
-    payloads = results.create_results(
-        {f"in-{i}": json.dumps(o).encode() for i, o in enumerate(orders)},
-        session_id,
-        batch_size=100,
-    )
-    ArmoniKTasks(channel).submit_tasks(
-        session_id,
-        [
-            TaskDefinition(
-                payload_id=payloads[f"in-{i}"].result_id,
-                expected_output_ids=[outputs[f"out-{i}"].result_id],
-            )
-            for i in range(len(orders))
-        ],
-    )
-    return [outputs[f"out-{i}"].result_id for i in range(len(orders))]
+    return submit_orders(channel, session_id, orders, batch=100)[1]
 
 
 def test_payload_to_output(channel: grpc.Channel) -> None:

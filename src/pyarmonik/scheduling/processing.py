@@ -264,7 +264,8 @@ class TaskProcessing:
                     session = await load_session(repository, task.session_id)
                     ready += await create_tasks(repository, session, outcome.subtasks, parent=task)
                 if released := await released_by(repository, completed):
-                    session = session or await load_session(repository, task.session_id)
+                    if session is None:
+                        session = await load_session(repository, task.session_id)
                     ready += await submit(repository, session, released)
                 # Outputs neither produced nor handed over would stay CREATED forever and
                 # their readers would wait forever: abort them instead (ArmoniK only logs).

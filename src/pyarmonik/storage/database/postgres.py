@@ -195,7 +195,6 @@ DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (OLD.owner_task_id <> NEW.owner_
 EXECUTE FUNCTION {schema}.pyarmonik_log_result('5');
 """
 
-# Schema migrations, applied in order, each once (recorded in schema_version). Append only.
 # Ready tasks whose queue message could not be pushed (scheduling/graph.py parks them).
 _UNQUEUED = """
 CREATE TABLE IF NOT EXISTS unqueued (
@@ -206,6 +205,7 @@ CREATE TABLE IF NOT EXISTS unqueued (
 );
 """
 
+# Schema migrations, applied in order, each once (recorded in schema_version). Append only.
 MIGRATIONS: list[str] = [_TABLES + _LOG_FUNCTIONS + _LOG_TRIGGERS, _UNQUEUED]
 
 # What a connection attempt raises when the server is down, unknown, or refuses us.
