@@ -157,6 +157,14 @@ def submit(channel: grpc.Channel, session_id: str) -> list[tuple[str, bytes]]:
     return [(out, expected) for out, (_, expected) in zip(output_ids, orders, strict=True)]
 
 
+def session_finished(channel: grpc.Channel, session_id: str) -> bool:
+    """No task of the session is still to run (asked again while the control plane cannot
+    answer)."""
+    tasks = ArmoniKTasks(channel)
+    counts = retrying(lambda: tasks.count_tasks_by_status(Task.session_id == session_id))
+    return not ACTIVE.intersection(counts)
+
+
 def all_tasks(channel: grpc.Channel, session_id: str) -> list[Task]:
     tasks, listed, page = ArmoniKTasks(channel), [], 0
     while True:
@@ -209,11 +217,11 @@ def test_session_survives_a_restart_of(service: str, tmp_path: Path) -> None:
         after = retrying(lambda: tasks.count_tasks_by_status(Task.session_id == session_id))
         assert ACTIVE.intersection(after), f"the session ended before the restart did: {after}"
 
-        def finished() -> bool:
-            counts = retrying(lambda: tasks.count_tasks_by_status(Task.session_id == session_id))
-            return not ACTIVE.intersection(counts)
-
-        wait_until(finished, "the session finished after the restart", timeout=180)
+        wait_until(
+            lambda: session_finished(channel, session_id),
+            "the session finished after the restart",
+            timeout=180,
+        )
         listed = retrying(lambda: all_tasks(channel, session_id))
         statuses = Counter(task.status for task in listed)
         assert set(statuses) <= {TaskStatus.COMPLETED, TaskStatus.RETRIED}, statuses
@@ -295,12 +303,10 @@ def test_tasks_made_ready_while_rabbitmq_is_down_are_queued_when_it_is_back(
             finally:
                 run("rabbitmqctl start_app")
                 wait_until(lambda: succeeds("rabbitmqctl await_startup"), "RabbitMQ up again")
-
-            def finished() -> bool:
-                counts = tasks.count_tasks_by_status(Task.session_id == session_id)
-                return not ACTIVE.intersection(counts)
-
-            wait_until(finished, "every task ran once RabbitMQ was back")
+            wait_until(
+                lambda: session_finished(channel, session_id),
+                "every task ran once RabbitMQ was back",
+            )
             assert results.download_result_data(waiting_out, session_id) == b"8"
             for output_id, data in expected:
                 assert results.download_result_data(output_id, session_id) == data

@@ -68,13 +68,10 @@ async def push_parked(backends: Backends, limit: int = 1000) -> int:
     A message pushed twice (two control planes, or a failure before the unpark) is harmless:
     agents drop the message of a task that is not theirs to run."""
     async with backends.database.read() as repository:
-        parked = await repository.unqueued(limit)
-    by_partition: dict[str, list[tuple[str, int]]] = {}
-    for task_id, partition_id, priority in parked:
-        by_partition.setdefault(partition_id, []).append((task_id, priority))
+        parked = [ReadyTask(*message) for message in await repository.unqueued(limit)]
     pushed: list[str] = []
     try:
-        for partition_id, messages in by_partition.items():
+        for partition_id, messages in _by_partition(parked).items():
             await backends.queue.push(partition_id, messages)
             pushed += [task_id for task_id, _ in messages]
     finally:

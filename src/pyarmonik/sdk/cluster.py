@@ -437,11 +437,11 @@ class Cluster:
         had run, and the other calls are submitted."""
         needed = sorted({d for definition in definitions for d in definition.data_dependencies})
         session_id = self.session.id
+        gone = (Result.status == ResultStatus.ABORTED) | (Result.status == ResultStatus.DELETED)
         unusable: set[str] = set()
         for start in range(0, len(needed), 100):  # a filter of 100 ids per call
             ids = needed[start : start + 100]
             matching = functools.reduce(operator.or_, (Result.result_id == i for i in ids))
-            gone = (Result.status == ResultStatus.ABORTED) | (Result.status == ResultStatus.DELETED)
             _, listed = self._results.list_results(matching & gone, page_size=len(ids))
             unusable.update(result.result_id for result in listed)
         if not unusable:
