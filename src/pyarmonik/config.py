@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     partitions: list[PartitionSettings] = Field(default_factory=list)
     default_partition: str = "default"
     data_chunk_max_size: int = DEFAULT_CHUNK_SIZE
+    # Largest gRPC message a client may send the control plane (RESOURCE_EXHAUSTED beyond):
+    # data streams are chunked, only inline data (CreateResults) and big batches come near it.
+    max_request_size: int = 64 * 1024 * 1024
     log_level: str = "INFO"
     # OpenTelemetry traces over OTLP/gRPC (e.g. http://127.0.0.1:4317); empty: off, unless
     # OTEL_EXPORTER_OTLP_ENDPOINT is set.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 from armonik.client import ArmoniKEvents, ArmoniKResults, ArmoniKSessions, ArmoniKTasks
-from armonik.common import Task, TaskOptions, TaskStatus
+from armonik.common import ResultStatus, Task, TaskOptions, TaskStatus
 
 from tests.helpers import local_cluster, submit_orders
 from tests.processes import agent_pids
@@ -61,3 +61,29 @@ def test_kill_one_of_two_agents_mid_session(tmp_path: Path) -> None:
             "each task completed exactly once"
         )
         assert all(t.status in (TaskStatus.COMPLETED, TaskStatus.RETRIED) for t in listed)
+
+
+def test_deleting_a_session_of_failing_tasks_stalls_no_agent(tmp_path: Path) -> None:
+    """Tasks whose session is deleted while they run are dropped at once by their agent: the
+    agents go on with other sessions' tasks (they used to retry each one for two minutes)."""
+    with (
+        local_cluster(tmp_path) as cluster,
+        grpc.insecure_channel(cluster.endpoint) as channel,
+    ):
+        sessions, tasks = ArmoniKSessions(channel), ArmoniKTasks(channel)
+        doomed = sessions.create_session(OPTIONS)
+        orders = [{"kind": "error", "sleep": 0.05} for _ in range(300)]
+        submit_orders(channel, doomed, orders)
+        while not tasks.count_tasks_by_status(Task.session_id == doomed).get(TaskStatus.ERROR):
+            time.sleep(0.02)
+        sessions.delete_session(doomed)
+
+        session_id = sessions.create_session(OPTIONS)
+        _, (output_id,) = submit_orders(channel, session_id, [{"kind": "upper", "text": "ok"}])
+        # A bound on a hang, not a speed: a stalled agent took two minutes per task.
+        deadline = time.monotonic() + 60
+        results = ArmoniKResults(channel)
+        while results.get_result(output_id).status != ResultStatus.COMPLETED:
+            assert time.monotonic() < deadline, "the agents stalled on the deleted session"
+            time.sleep(0.1)
+        assert results.download_result_data(output_id, session_id) == b"OK"

@@ -18,6 +18,8 @@ from pyarmonik.domain.errors import InvalidArgument
 from pyarmonik.domain.filters import (
     ALLOWED_OPS,
     MATCH_ALL,
+    MAX_FILTER_CONDITIONS,
+    MAX_FILTER_TEXT_BYTES,
     POSTGRES_DIALECT,
     SQLITE_DIALECT,
     Condition,
@@ -28,6 +30,7 @@ from pyarmonik.domain.filters import (
     Sort,
     SqlDialect,
     and_filters,
+    check_limits,
     matches,
     order_by_sql,
     sort_key,
@@ -503,3 +506,45 @@ def test_order_by_sql_shape() -> None:
 def test_list_query_defaults() -> None:
     query = ListQuery()
     assert (query.filter, query.sort, query.page, query.page_size) == (MATCH_ALL, None, 0, 100)
+
+
+def test_filters_of_the_largest_size_run_in_sql(db: SqliteDb | PostgresDb) -> None:
+    """A flat chain of this many terms is deeper than SQLite's parser takes: the SQL is a
+    balanced tree, whatever the shape of the filter."""
+    db.reset(ROWS)
+    ids = sorted(r["id"] for r in ROWS)
+    wide: Filter = tuple(
+        (Condition("id", Kind.STRING, Op.EQ, ids[i % len(ids)]),)
+        for i in range(MAX_FILTER_CONDITIONS)
+    )
+    deep: Filter = (
+        tuple(Condition("id", Kind.STRING, Op.NE, f"x{i}") for i in range(MAX_FILTER_CONDITIONS)),
+    )
+    for f in (wide, deep):
+        check_limits(f)
+        assert db.select(*to_sql(f, db.dialect)) == python_ids(f, ROWS)
+
+
+def test_filter_limits() -> None:
+    over: Filter = ((Condition("s", Kind.STRING, Op.EQ, "a"),),) * (MAX_FILTER_CONDITIONS + 1)
+    with pytest.raises(InvalidArgument, match=str(MAX_FILTER_CONDITIONS)):
+        check_limits(over)
+    longest = "é" * (MAX_FILTER_TEXT_BYTES // 2)  # two bytes each
+    check_limits(((Condition("s", Kind.STRING, Op.CONTAINS, longest),),))
+    for condition in (
+        Condition("s", Kind.STRING, Op.CONTAINS, longest + "x"),
+        Condition("opt_options", Kind.OPTION, Op.EQ, "v", key=longest + "x"),
+    ):
+        with pytest.raises(InvalidArgument, match=str(MAX_FILTER_TEXT_BYTES)):
+            check_limits(((condition,),))
+
+
+def test_the_longest_pattern_runs_in_sql(db: SqliteDb | PostgresDb) -> None:
+    """Escaping triples wildcard characters; the longest value stays within SQLite's GLOB
+    pattern limit (50,000 bytes)."""
+    db.reset(ROWS)
+    longest = "*?[" * (MAX_FILTER_TEXT_BYTES // 3)
+    for op in (Op.CONTAINS, Op.NOT_CONTAINS, Op.STARTS_WITH, Op.ENDS_WITH):
+        f: Filter = ((Condition("s", Kind.STRING, op, longest),),)
+        check_limits(f)
+        assert db.select(*to_sql(f, db.dialect)) == python_ids(f, ROWS)

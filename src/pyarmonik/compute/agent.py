@@ -543,9 +543,15 @@ class Agent:
                     return
                 await self._finish(ended)
                 return
+            except NotFound as error:
+                # Its session or the task itself is gone (deleted): nothing is left to commit
+                # to, and retrying would hold up every task behind this one.
+                log.info("task %s vanished during its post-processing: %s", task_id, error)
+                await self._abandon(ended)
+                return
             except Exception as error:
                 BACKEND_ERRORS.labels("post_process").inc()
-                if loop.time() + pause > deadline:
+                if self._stopping.is_set() or loop.time() + pause > deadline:
                     log.exception("post-processing of task %s failed; giving it back", task_id)
                     self._forget(ended.held)
                     await self._release_quietly(ended.held.message)
@@ -558,6 +564,19 @@ class Agent:
                 )
             await asyncio.sleep(pause)
             pause, attempt = min(pause * 2, 5.0), attempt + 1
+
+    async def _abandon(self, ended: Ended) -> None:
+        """Drop a task that vanished: its stored outputs and its message go, best effort."""
+        outcome = ended.outcome or TaskOutcome()
+        try:
+            blobs = outcome.replaced + [s.opaque_id for s in outcome.stored]
+            if blobs:
+                await self.backends.objects.delete(blobs)
+            await self.backends.queue.ack([ended.held.message])
+        except Exception as error:  # a message left is dropped by the next acquisition
+            log.warning("dropping vanished task %s: %r", ended.held.task.task_id, error)
+        self._forget(ended.held)
+        self._observe(ended, "vanished")
 
     async def _committed(self, held: Held) -> bool:
         """Whether our completion of this task is already in the database."""

@@ -15,6 +15,7 @@ from armonik.protogen.common import (
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from pyarmonik.domain.errors import InvalidArgument
 from pyarmonik.domain.options import TaskOptions
 from pyarmonik.domain.records import TASK_DURATIONS, TASK_TIMES, Partition, Result, Session, Task
 from pyarmonik.domain.statuses import TaskStatus
@@ -48,9 +49,28 @@ def seconds_of(value: Timestamp | Duration) -> float:
     return float(value.seconds) + float(value.nanos) / 1e9
 
 
+# Protobuf's own range of a Duration (about ±10,000 years).
+_DURATION_SECONDS_RANGE = 315_576_000_000
+_NANOS_RANGE = 999_999_999
+
+
+def duration_seconds(value: Duration, field: str) -> float:
+    """Seconds of a Duration from a client; InvalidArgument outside protobuf's valid range
+    (seconds within ±315,576,000,000, nanos within ±999,999,999 and of the same sign)."""
+    seconds, nanos = value.seconds, value.nanos
+    if (
+        abs(seconds) > _DURATION_SECONDS_RANGE
+        or abs(nanos) > _NANOS_RANGE
+        or (seconds > 0 > nanos)
+        or (seconds < 0 < nanos)
+    ):
+        raise InvalidArgument(f"{field} is not a valid Duration ({seconds} s, {nanos} ns)")
+    return seconds_of(value)
+
+
 def options_from_message(message: objects_pb2.TaskOptions) -> TaskOptions:
     return TaskOptions(
-        max_duration=seconds_of(message.max_duration),
+        max_duration=duration_seconds(message.max_duration, "task options: max_duration"),
         max_retries=message.max_retries,
         priority=message.priority,
         partition_id=message.partition_id,

@@ -31,7 +31,16 @@ from armonik.protogen.common import tasks_fields_pb2 as task_f
 from armonik.protogen.common import tasks_filters_pb2 as task_flt
 
 from pyarmonik.domain.errors import InvalidArgument
-from pyarmonik.domain.filters import OPTIONS_COLUMN, Condition, Filter, Kind, Op, Sort
+from pyarmonik.domain.filters import (
+    OPTIONS_COLUMN,
+    Condition,
+    Filter,
+    Kind,
+    Op,
+    Sort,
+    check_condition_count,
+    check_limits,
+)
 from pyarmonik.domain.statuses import ResultStatus, SessionStatus, TaskStatus
 
 Column = tuple[str, Kind]
@@ -280,10 +289,13 @@ def _condition(entity: _Entity, message: Any) -> Condition:
 
 def _filter(entity: _Entity, message: Any) -> Filter:
     # `or` and `and` are Python keywords: read them with getattr.
-    return tuple(
-        tuple(_condition(entity, field) for field in getattr(group, "and"))
-        for group in getattr(message, "or")
+    groups = getattr(message, "or")
+    check_condition_count(sum(len(getattr(group, "and")) for group in groups))  # before any
+    converted = tuple(
+        tuple(_condition(entity, field) for field in getattr(group, "and")) for group in groups
     )
+    check_limits(converted)
+    return converted
 
 
 _DIRECTIONS = {sd.SORT_DIRECTION_ASC: False, sd.SORT_DIRECTION_DESC: True}
@@ -360,7 +372,10 @@ def applications_sort(sort: app_c.ListApplicationsRequest.Sort) -> list[Sort]:
     if not sort.fields:
         raise InvalidArgument("applications: sort has no field")
     descending = _descending(_APPLICATIONS, sort.direction)
-    return [Sort(_column(_APPLICATIONS, f)[0], descending) for f in sort.fields]
+    # A column sorted on twice sorts nothing more: only its first mention counts (and a
+    # thousand repeats would be more ORDER BY terms than SQLite takes).
+    columns = dict.fromkeys(_column(_APPLICATIONS, f)[0] for f in sort.fields)
+    return [Sort(column, descending) for column in columns]
 
 
 def validate_paging(page: int, page_size: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -28,6 +29,19 @@ async def rechunk(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[byte
             del pending[:size]
     if pending:
         yield bytes(pending)
+
+
+async def _ended_by_half_close(context: grpc.aio.ServicerContext) -> None:
+    """Raise CancelledError unless the client ended its request stream normally.
+
+    gRPC's aio server ends the request iterator the same way for a half-close and for a
+    cancellation (a broken connection included); only the cancellation of the handler, which
+    the same event triggers, tells them apart. A short pause lets that cancellation arrive
+    before anything is committed (measured: it is there at the first pause).
+    """
+    await asyncio.sleep(0.001)
+    if context.cancelled():
+        raise asyncio.CancelledError
 
 
 class Results(ResultsServicer):  # type: ignore[misc]
@@ -70,6 +84,7 @@ class Results(ResultsServicer):  # type: ignore[misc]
                 if message.WhichOneof("type") != "data_chunk":
                     raise InvalidArgument("only data chunks may follow the result id")
                 yield message.data_chunk
+            await _ended_by_half_close(context)
 
         result = await self.service.upload(first.id.session_id, first.id.result_id, chunks())
         return pb.UploadResultDataResponse(result=result_raw(result))

@@ -23,6 +23,7 @@ from pyarmonik.config import Settings
 from pyarmonik.control.events import Events
 from pyarmonik.control.http import HttpServer
 from pyarmonik.control.info import Applications, Authentication, HealthChecks, Partitions, Versions
+from pyarmonik.control.memory import keep_memory_low
 from pyarmonik.control.results import Results
 from pyarmonik.control.sessions import Sessions
 from pyarmonik.control.tasks import Tasks
@@ -43,12 +44,14 @@ log = logging.getLogger(__name__)
 # How often a control plane pushes the messages parked while the queue was unreachable.
 PUSH_PARKED_EVERY = 2.0
 
-SERVER_OPTIONS = [
-    # Inline data (CreateResults) may be large; streamed data is chunked anyway.
-    ("grpc.max_receive_message_length", -1),
-    ("grpc.max_send_message_length", -1),
-    ("grpc.so_reuseport", 0),
-]
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_request_size),
+        # What a client receives is bounded by what it asks for (page sizes, chunk size).
+        ("grpc.max_send_message_length", -1),
+        ("grpc.so_reuseport", 0),
+    ]
 
 
 class ControlPlane:
@@ -60,6 +63,7 @@ class ControlPlane:
         self.port = settings.port
         self.http: HttpServer | None = None
         self._pusher: asyncio.Task[None] | None = None
+        self._memory: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Start the backends and serve; return the bound port (useful with port 0)."""
@@ -67,7 +71,7 @@ class ControlPlane:
         await self.backends.start()
         await self._register_partitions()
         await self.feed.start()
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server = grpc.aio.server(options=server_options(self.settings))
         backends, database = self.backends, self.backends.database
         sessions_service_pb2_grpc.add_SessionsServicer_to_server(
             Sessions(SessionService(backends)), server
@@ -101,6 +105,7 @@ class ControlPlane:
             self.http = HttpServer(self.backends, self.settings.host, self.settings.http_port)
             http_port = await self.http.start(any_port_if_taken=not self.settings.http_port_strict)
             log.info("metrics and health on http://%s:%s", self.settings.host, http_port)
+        self._memory = asyncio.create_task(keep_memory_low(), name="memory")
         if self.backends.queue_in_database is None:  # a table queue never refuses a push
             self._pusher = asyncio.create_task(self._push_parked(), name="push-parked")
         log.info("control plane listening on %s:%s", self.settings.host, self.port)
@@ -128,11 +133,12 @@ class ControlPlane:
             await self.server.wait_for_termination()
 
     async def stop(self, grace: float = 2.0) -> None:
-        if self._pusher is not None:
-            self._pusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pusher
-            self._pusher = None
+        for background in (self._pusher, self._memory):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
+        self._pusher = self._memory = None
         if self.http is not None:
             await self.http.stop()
             self.http = None

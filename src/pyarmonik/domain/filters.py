@@ -79,6 +79,38 @@ class Condition:
 Filter = tuple[tuple[Condition, ...], ...]
 """OR of AND-groups. An empty OR matches everything, as on the wire; so does an empty group."""
 
+# Limits of a filter, checked before any query (InvalidArgument beyond them). Conditions: each
+# binds one SQL parameter (PostgreSQL takes 32,767 per statement). Text: a pattern of SQLite's
+# GLOB may hold 50,000 bytes, and escaping can triple a value.
+MAX_FILTER_CONDITIONS = 10_000
+MAX_FILTER_TEXT_BYTES = 8 * 1024
+
+
+def check_condition_count(count: int) -> None:
+    """Raise InvalidArgument when a filter of `count` conditions is beyond the limit."""
+    if count > MAX_FILTER_CONDITIONS:
+        raise InvalidArgument(
+            f"a filter holds at most {MAX_FILTER_CONDITIONS} conditions (this one {count})"
+        )
+
+
+def check_limits(f: Filter) -> None:
+    """Raise InvalidArgument when `f` is beyond MAX_FILTER_CONDITIONS or holds a text (value
+    or option key) over MAX_FILTER_TEXT_BYTES."""
+    check_condition_count(sum(len(group) for group in f))
+    for group in f:
+        for c in group:
+            for text in (c.value, c.key):
+                if (
+                    isinstance(text, str)
+                    and len(text.encode(errors="replace")) > MAX_FILTER_TEXT_BYTES
+                ):
+                    raise InvalidArgument(
+                        f"a text in a filter holds at most {MAX_FILTER_TEXT_BYTES} bytes"
+                        f" (one on {c.column} holds {len(text.encode(errors='replace'))})"
+                    )
+
+
 MATCH_ALL: Filter = ()
 
 
@@ -240,18 +272,29 @@ def _condition_sql(c: Condition, dialect: SqlDialect, params: list[Any]) -> str:
     return f"{expr} {c.op.value} ?"
 
 
+def _balanced(operator: str, terms: list[str]) -> str:
+    """`terms` joined by `operator` as a balanced tree of parentheses: a flat chain of a few
+    thousand terms is deeper than SQLite's parser accepts (1,000)."""
+    if len(terms) == 1:
+        return terms[0]
+    middle = len(terms) // 2
+    return (
+        f"({_balanced(operator, terms[:middle])} {operator} {_balanced(operator, terms[middle:])})"
+    )
+
+
 def to_sql(f: Filter, dialect: SqlDialect) -> tuple[str, list[Any]]:
     """WHERE fragment (parenthesised, `?` placeholders) and its parameters, for filter `f`."""
     if not f:
         return "1=1", []
     params: list[Any] = []
     groups = [
-        "(" + " AND ".join(_condition_sql(c, dialect, params) for c in group) + ")"
+        "(" + _balanced("AND", [_condition_sql(c, dialect, params) for c in group]) + ")"
         if group
         else "1=1"
         for group in f
     ]
-    return "(" + " OR ".join(groups) + ")", params
+    return "(" + _balanced("OR", groups) + ")", params
 
 
 # ---------------------------------------------------------------- sorting and paging

@@ -8,6 +8,9 @@ from typing import Any
 from pyarmonik.domain.errors import InvalidArgument
 
 MAX_PRIORITY = 99
+# The longest max_duration accepted: 100 years. Every store keeps it exactly (a double) and
+# every timer handles it (gRPC deadlines overflow past about 9.2e9 s, int64 nanoseconds).
+MAX_DURATION_SECONDS = 100 * 365.25 * 86400
 
 # Row columns holding TaskOptions, shared by sessions and tasks (see records.py).
 OPTION_COLUMNS = (
@@ -68,6 +71,11 @@ class TaskOptions:
         """Raise InvalidArgument unless these options can run a task."""
         if self.max_duration <= 0:
             raise InvalidArgument("task options: max_duration must be set and positive")
+        if self.max_duration > MAX_DURATION_SECONDS:
+            raise InvalidArgument(
+                f"task options: max_duration must be at most {MAX_DURATION_SECONDS:.0f} s"
+                " (100 years)"
+            )
         if self.max_retries < 1:
             raise InvalidArgument("task options: max_retries must be at least 1")
         if not 1 <= self.priority <= MAX_PRIORITY:

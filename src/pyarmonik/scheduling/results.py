@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+import asyncio
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+from typing import TypeVar
 
 from pyarmonik.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from pyarmonik.domain.filters import ListQuery
@@ -14,6 +17,9 @@ from pyarmonik.scheduling.graph import push_ready, push_ready_within, resolve
 from pyarmonik.scheduling.sessions import load_session
 from pyarmonik.storage.database import Repository
 from pyarmonik.storage.objects import single_chunk
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 OPEN_SESSION = frozenset({SessionStatus.RUNNING, SessionStatus.PAUSED})
 
@@ -80,7 +86,13 @@ class ResultService:
     ) -> list[Result]:
         async with self.backends.database.read() as repository:
             await self._open_session(repository, session_id)
-        stored = [await self.backends.objects.put(single_chunk(data)) for _, data, _ in entries]
+        stored: list[tuple[bytes, int]] = []
+        try:
+            for _, data, _ in entries:
+                stored.append(await self.backends.objects.put(single_chunk(data)))
+        except BaseException:  # the call cancelled or a store failing: keep nothing
+            await asyncio.shield(self.backends.objects.delete([opaque for opaque, _ in stored]))
+            raise
         stamp = now()
         results = [
             Result(
@@ -98,28 +110,63 @@ class ResultService:
             )
             for (name, _, manual), (opaque_id, size) in zip(entries, stored, strict=True)
         ]
-        try:
+
+        async def insert() -> list[Result]:
             async with self.backends.database.write() as repository:
                 await self._open_session(repository, session_id)
                 await repository.insert(results)
-        except BaseException:
-            await self.backends.objects.delete([opaque for opaque, _ in stored])
-            raise
-        return results
+            return results
+
+        return await self._commit([opaque for opaque, _ in stored], insert())
 
     async def upload(self, session_id: str, result_id: str, chunks: AsyncIterable[bytes]) -> Result:
-        """Store a result's data, complete it, and queue the tasks that were waiting for it."""
+        """Store a result's data, complete it, and queue the tasks that were waiting for it.
+
+        A stream that does not end normally (cancelled, broken) raises out of `put`, which
+        keeps nothing of it: the result stays as it was."""
         async with self.backends.database.read() as repository:
             await load_session(repository, session_id)
             (result,) = await load_results(repository, session_id, [result_id])
         if result.status != ResultStatus.CREATED:
             raise FailedPrecondition(f"Result {result_id} is {result.status.name}, not CREATED")
         opaque_id, size = await self.backends.objects.put(chunks)
-        completed = await self._complete(session_id, [(result_id, opaque_id, size)])
+        completed = await self._commit(
+            [opaque_id], self._complete(session_id, [(result_id, opaque_id, size)])
+        )
         if not completed:
             await self.backends.objects.delete([opaque_id])
             raise FailedPrecondition(f"Result {result_id} is no longer CREATED")
         return completed[0]
+
+    async def _commit(self, opaque_ids: list[bytes], commit: Awaitable[T]) -> T:
+        """Run `commit`, the transaction that makes the stored blobs `opaque_ids` a result's
+        data, to its end even if the call is cancelled meanwhile (the client sent everything:
+        leaving now must not leave the upload half done). When it fails, the blobs that no
+        result refers to are deleted."""
+
+        async def committing() -> T:
+            try:
+                return await commit
+            except BaseException:
+                await self._delete_unreferenced(opaque_ids)
+                raise
+
+        return await asyncio.shield(committing())
+
+    async def _delete_unreferenced(self, opaque_ids: list[bytes]) -> None:
+        """Delete those of the blobs that no result refers to. A commit whose connection broke
+        may have succeeded: when that cannot be checked, the blobs are kept (an orphan blob
+        costs space, a deleted one would be lost data)."""
+        try:
+            async with self.backends.database.read() as repository:
+                used = {
+                    r.opaque_id for r in await repository.find(Result, {"opaque_id": opaque_ids})
+                }
+            await self.backends.objects.delete([o for o in opaque_ids if o not in used])
+        except Exception as error:
+            log.warning(
+                "could not check whether %d stored blobs are used: %r", len(opaque_ids), error
+            )
 
     async def _complete(
         self, session_id: str, stored: list[tuple[str, bytes, int]]

@@ -27,6 +27,7 @@ def run(handler: TaskHandler) -> Output:
         time.sleep(order.get("sleep", 0))
         handler.send_results({handler.expected_results[0]: str(order["value"]).encode()})
     elif kind == "error":
+        time.sleep(order.get("sleep", 0))
         return Output(order.get("message", "failed on purpose"))
     elif kind == "crash_once":
         marker = order["marker"]
