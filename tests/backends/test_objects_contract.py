@@ -145,3 +145,29 @@ async def test_s3_unreachable_names_endpoint_not_secret() -> None:
         await S3Storage("s3://key:s3cret@bucket?endpoint=http://127.0.0.1:1").start()
     assert "http://127.0.0.1:1" in str(caught.value)
     assert "s3cret" not in str(caught.value)
+
+
+async def test_delete_owned_by(object_backend: ObjectBackend, tmp_path: Path) -> None:
+    """The blobs of one owner go, whatever their size; other owners' blobs and unowned ones
+    stay (an owner whose name starts another's included)."""
+    storage = object_backend.storage
+    big = os.urandom(int(2.5 * CHUNK_SIZE))
+    owner = "task-1###2"
+    mine = [
+        (await storage.put(single_chunk(b"small"), owner))[0],
+        (await storage.put(odd_chunks(big), owner))[0],
+    ]
+    handed = tmp_path / "handed"
+    handed.write_bytes(b"from a file")
+    mine.append((await storage.put_file(handed, owner))[0])
+    others = [
+        (await storage.put(single_chunk(b"other"), "task-1###20"))[0],
+        (await storage.put(single_chunk(b"other"), "task-1"))[0],
+        (await storage.put(single_chunk(b"unowned")))[0],
+    ]
+    assert await storage.delete_owned_by(owner) == len(mine)
+    assert await storage.sizes(mine) == [None] * len(mine)
+    assert await storage.sizes(others) == [5, 5, 7]
+    assert await storage.delete_owned_by(owner) == 0
+    assert await storage.delete_owned_by("glob*[chars]?") == 0
+    assert await storage.sizes(others) == [5, 5, 7]

@@ -31,6 +31,7 @@ from pyarmonik.control.convert import options_to_message
 from pyarmonik.domain.errors import ArmoniKError, NotFound, Unavailable
 from pyarmonik.domain.records import Result, Session, Task
 from pyarmonik.domain.statuses import SessionStatus, TaskStatus
+from pyarmonik.faults import crash_point
 from pyarmonik.observability import tracing
 from pyarmonik.observability.logging import bind
 from pyarmonik.observability.metrics import (
@@ -639,6 +640,7 @@ class Agent:
             assert queue is not None
             await queue.ack_within(repository, [held.message])
 
+        crash_point("before_complete")
         try:
             committed = await self.processing.complete(
                 held.task, outcome, processed_at, within=ack if queue is not None else None

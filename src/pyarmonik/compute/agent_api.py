@@ -3,7 +3,8 @@
 Everything a worker declares (new results, data, subtasks) is buffered in the task's
 context and committed by the agent only if the task succeeds; data is written to object
 storage at once (NotifyResultData "blocks until stored"), so post-processing is just the
-database transaction.
+database transaction. Blobs are stored with the task attempt as their owner: if the agent
+dies before the commit, whoever recovers the attempt deletes them (no orphan is left).
 """
 
 from __future__ import annotations
@@ -92,7 +93,9 @@ class AgentApi(AgentServicer):  # type: ignore[misc]
         created = []
         for entry in request.results:
             result = self._new_result(task, entry.name)
-            opaque_id, size = await self.backends.objects.put(single_chunk(entry.data))
+            opaque_id, size = await self.backends.objects.put(
+                single_chunk(entry.data), owner=task.task.task_id
+            )
             task.outcome.created.append(result)
             task.outcome.stored.append(StoredResult(result.result_id, opaque_id, size))
             created.append(result)
@@ -119,7 +122,9 @@ class AgentApi(AgentServicer):  # type: ignore[misc]
             if earlier is not None and not path.exists():
                 continue  # notified again: its file was stored (and moved) the first time
             try:
-                opaque_id, size = await self.backends.objects.put_file(path)
+                opaque_id, size = await self.backends.objects.put_file(
+                    path, owner=task.task.task_id
+                )
             except FileNotFoundError:
                 raise NotFound(
                     f"No data file for result {result_id} in the task's data folder"

@@ -44,10 +44,37 @@ def _by_partition(ready: Sequence[ReadyTask]) -> dict[str, list[tuple[str, int]]
     return by_partition
 
 
+# A parked message younger than this may be on its way to the broker from a live process:
+# `push_parked` leaves it alone (pushing it too would only make a duplicate).
+PARKED_GRACE = 5.0
+
+
+async def push_ready_within(
+    backends: Backends, repository: Repository, ready: list[ReadyTask]
+) -> list[ReadyTask]:
+    """Queue ready tasks from inside the caller's transaction, so that no task is ever left
+    SUBMITTED without a message. A queue in the database takes them right there. For a broker,
+    they are parked in the database (an outbox, committed with the tasks) and returned, for
+    `push_ready` after the commit; a process that dies before pushing leaves them parked, and
+    `push_parked` pushes them."""
+    if not ready:
+        return ready
+    queue = backends.queue_in_database
+    if queue is None:
+        await repository.park_unqueued(
+            [(t.task_id, t.partition_id, t.priority) for t in ready], now()
+        )
+        return ready
+    for partition_id, messages in _by_partition(ready).items():
+        await queue.push_within(repository, partition_id, messages)
+    return []
+
+
 async def push_ready(backends: Backends, ready: Sequence[ReadyTask]) -> None:
-    """Push ready tasks, once the transaction that made them ready committed. Messages the
-    queue refuses (a broker down for longer than its reconnection window) are parked in the
-    database, and `push_parked` pushes them later: no task stays SUBMITTED without one."""
+    """Push the tasks `push_ready_within` parked, once their transaction committed, and
+    unpark them. Messages the broker refuses (down for longer than its reconnection window)
+    stay parked for `push_parked`."""
+    pushed: list[str] = []
     for partition_id, messages in _by_partition(ready).items():
         try:
             await backends.queue.push(partition_id, messages)
@@ -57,18 +84,25 @@ async def push_ready(backends: Backends, ready: Sequence[ReadyTask]) -> None:
                 len(messages),
                 error,
             )
+            continue
+        pushed += [task_id for task_id, _ in messages]
+    if pushed:
+        try:
             async with backends.database.write() as repository:
-                await repository.park_unqueued(
-                    [(task_id, partition_id, priority) for task_id, priority in messages], now()
-                )
+                await repository.unpark(pushed)
+        except Exception as error:  # pushed again later: a duplicate, which agents drop
+            log.warning("unparking %d pushed tasks failed: %r", len(pushed), error)
 
 
 async def push_parked(backends: Backends, limit: int = 1000) -> int:
-    """Push parked messages (oldest first) while the queue takes them; how many it took.
-    A message pushed twice (two control planes, or a failure before the unpark) is harmless:
-    agents drop the message of a task that is not theirs to run."""
+    """Push parked messages (oldest first, parked more than PARKED_GRACE ago) while the queue
+    takes them; how many it took. A message pushed twice (two control planes, or a failure
+    before the unpark) is harmless: agents drop the message of a task not theirs to run."""
     async with backends.database.read() as repository:
-        parked = [ReadyTask(*message) for message in await repository.unqueued(limit)]
+        parked = [
+            ReadyTask(*message)
+            for message in await repository.unqueued(limit, parked_before=now() - PARKED_GRACE)
+        ]
     pushed: list[str] = []
     try:
         for partition_id, messages in _by_partition(parked).items():
@@ -79,20 +113,6 @@ async def push_parked(backends: Backends, limit: int = 1000) -> int:
             async with backends.database.write() as repository:
                 await repository.unpark(pushed)
     return len(pushed)
-
-
-async def push_ready_within(
-    backends: Backends, repository: Repository, ready: list[ReadyTask]
-) -> list[ReadyTask]:
-    """Push ready tasks inside the caller's transaction when the queue lives in the database
-    (a task and its message commit together: none is left SUBMITTED without one); else
-    return them, for `push_ready` after the commit."""
-    queue = backends.queue_in_database
-    if not ready or queue is None:
-        return ready
-    for partition_id, messages in _by_partition(ready).items():
-        await queue.push_within(repository, partition_id, messages)
-    return []
 
 
 async def create_tasks(

@@ -17,6 +17,7 @@ from pyarmonik.domain.errors import ArmoniKError
 from pyarmonik.domain.ids import retry_id
 from pyarmonik.domain.records import Result, Session, Task
 from pyarmonik.domain.statuses import FINAL_TASK_STATUSES, ResultStatus, SessionStatus, TaskStatus
+from pyarmonik.faults import crash_point
 from pyarmonik.observability import tracing
 from pyarmonik.scheduling.backends import Backends, now
 from pyarmonik.scheduling.graph import (
@@ -177,6 +178,9 @@ class TaskProcessing:
             retry=True,
             expected_owner=task.owner_pod_id,
         )
+        # What the dead attempt stored was never committed (a success commits COMPLETED
+        # atomically): nothing refers to it.
+        await self.backends.objects.delete_owned_by(task.task_id)
         return Acquisition(Verdict.DROP, task, session, "recovered a dead agent's task")
 
     # -- running -----------------------------------------------------------------------------
@@ -291,6 +295,7 @@ class TaskProcessing:
                             forgotten,
                             f"Task {task.task_id} did not produce these outputs",
                         )
+                crash_point("complete_in_transaction")
                 done = await repository.update(
                     Task,
                     {
@@ -307,7 +312,9 @@ class TaskProcessing:
                     await within(repository)
         except _NotOurs:
             return False
+        crash_point("complete_committed")
         await push_ready(self.backends, ready)
+        crash_point("complete_pushed")
         tracing.record_task(task, TaskStatus.COMPLETED, stamp, processed_at)
         return True
 
@@ -353,6 +360,7 @@ class TaskProcessing:
                     task.expected_output_ids,
                     f"Task {task.task_id} failed:\n{message}",
                 )
+        crash_point("fail_committed")
         await push_ready(self.backends, ready)
         tracing.record_task(task, final, stamp, error=message)
         return final

@@ -353,7 +353,7 @@ class Repository:
     # -- tasks ready but not queued -------------------------------------------------------
 
     async def park_unqueued(self, messages: Sequence[tuple[str, str, int]], since: float) -> None:
-        """Remember (task_id, partition_id, priority) messages that could not be pushed."""
+        """Remember (task_id, partition_id, priority) messages not pushed (yet)."""
         if messages:
             await self.connection.executemany(
                 "INSERT INTO unqueued (task_id, partition_id, priority, since) "
@@ -361,10 +361,14 @@ class Repository:
                 [(*message, since) for message in messages],
             )
 
-    async def unqueued(self, limit: int) -> list[tuple[str, str, int]]:
-        """The oldest parked messages."""
+    async def unqueued(
+        self, limit: int, parked_before: float = float("inf")
+    ) -> list[tuple[str, str, int]]:
+        """The oldest parked messages (parked before `parked_before`)."""
         rows = await self.connection.fetch(
-            "SELECT task_id, partition_id, priority FROM unqueued ORDER BY since LIMIT ?", [limit]
+            "SELECT task_id, partition_id, priority FROM unqueued WHERE since < ? "
+            "ORDER BY since LIMIT ?",
+            [parked_before, limit],
         )
         return [(row["task_id"], row["partition_id"], row["priority"]) for row in rows]
 

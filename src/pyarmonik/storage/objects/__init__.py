@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import Protocol
@@ -21,13 +22,19 @@ class ObjectStorage(Protocol):
         """Raise if the storage cannot be used now."""
         ...
 
-    async def put(self, chunks: AsyncIterable[bytes]) -> tuple[bytes, int]:
-        """Store a blob; return its opaque id and size. Atomic: a blob is whole or absent."""
+    async def put(self, chunks: AsyncIterable[bytes], owner: str = "") -> tuple[bytes, int]:
+        """Store a blob; return its opaque id and size. Atomic: a blob is whole or absent.
+        `owner` (printable ASCII) names who stored it, for `delete_owned_by`."""
         ...
 
-    async def put_file(self, path: Path) -> tuple[bytes, int]:
+    async def put_file(self, path: Path, owner: str = "") -> tuple[bytes, int]:
         """Store a local file's content, like `put`. The file is handed over: it may be moved
         into the storage, so the caller must not use it afterwards."""
+        ...
+
+    async def delete_owned_by(self, owner: str) -> int:
+        """Delete every blob stored with this `owner`; how many (a dead agent's task attempt
+        leaves blobs that no result refers to). Scans the storage: for recoveries only."""
         ...
 
     async def get_file(self, opaque_id: bytes, path: Path) -> None:
@@ -46,6 +53,12 @@ class ObjectStorage(Protocol):
     async def sizes(self, opaque_ids: list[bytes]) -> list[int | None]:
         """Size of each blob, None where absent."""
         ...
+
+
+def new_opaque_id(owner: str) -> str:
+    """A fresh blob name: `<owner>.<random hex>`, or the random hex alone."""
+    name = uuid.uuid4().hex
+    return f"{owner}.{name}" if owner else name
 
 
 class ObjectNotFound(NotFound):

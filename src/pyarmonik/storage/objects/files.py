@@ -22,7 +22,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
-from pyarmonik.storage.objects import CHUNK_SIZE, ObjectNotFound
+from pyarmonik.storage.objects import CHUNK_SIZE, ObjectNotFound, new_opaque_id
 
 INLINE_SIZE = 128 * 1024
 READ_ONLY = 0o444
@@ -121,22 +121,22 @@ class FileStorage:
             raise ObjectNotFound(f"object {opaque_id!r} not found")
         return self.root / name
 
-    async def put(self, chunks: AsyncIterable[bytes]) -> tuple[bytes, int]:
-        opaque_id = uuid.uuid4().hex
+    async def put(self, chunks: AsyncIterable[bytes], owner: str = "") -> tuple[bytes, int]:
+        opaque_id = new_opaque_id(owner)
         size = await write_atomically(self.root / opaque_id, chunks, READ_ONLY)
         return opaque_id.encode(), size
 
-    async def put_file(self, path: Path) -> tuple[bytes, int]:
+    async def put_file(self, path: Path, owner: str = "") -> tuple[bytes, int]:
         """The file becomes the blob, renamed into the folder (no copy) when both are on one
         file system. A rename is atomic, so readers still see whole blobs or none."""
-        opaque_id = uuid.uuid4().hex
+        opaque_id = new_opaque_id(owner)
         size = os.stat(path).st_size
         try:
             os.rename(path, self.root / opaque_id)
         except OSError as error:
             if error.errno != errno.EXDEV:
                 raise
-            return await self.put(read_chunks(path))
+            return await self.put(read_chunks(path), owner)
         os.chmod(self.root / opaque_id, READ_ONLY)
         return opaque_id.encode(), size
 
@@ -174,6 +174,19 @@ class FileStorage:
                     self._path(opaque_id).unlink(missing_ok=True)
 
         await asyncio.to_thread(remove)
+
+    async def delete_owned_by(self, owner: str) -> int:
+        prefix = f"{owner}."
+
+        def remove() -> int:
+            with os.scandir(self.root) as entries:
+                owned = [entry.path for entry in entries if entry.name.startswith(prefix)]
+            for path in owned:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            return len(owned)
+
+        return await asyncio.to_thread(remove)
 
     async def sizes(self, opaque_ids: list[bytes]) -> list[int | None]:
         def measure() -> list[int | None]:

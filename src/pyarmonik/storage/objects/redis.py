@@ -10,7 +10,6 @@ whose process dies leaves only expiring chunks behind.
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import cast
@@ -25,7 +24,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pyarmonik.domain.errors import Unavailable
-from pyarmonik.storage.objects import CHUNK_SIZE, ObjectNotFound
+from pyarmonik.storage.objects import CHUNK_SIZE, ObjectNotFound, new_opaque_id
 from pyarmonik.storage.objects.files import read_chunks, write_file
 from pyarmonik.storage.urls import pop_query
 
@@ -102,14 +101,14 @@ class RedisStorage:
         name = opaque_id.decode("ascii", "replace") if isinstance(opaque_id, bytes) else opaque_id
         return f"{self.prefix}{{{name}}}"
 
-    async def put_file(self, path: Path) -> tuple[bytes, int]:
-        return await self.put(read_chunks(path))
+    async def put_file(self, path: Path, owner: str = "") -> tuple[bytes, int]:
+        return await self.put(read_chunks(path), owner)
 
     async def get_file(self, opaque_id: bytes, path: Path) -> None:
         await write_file(path, self.get(opaque_id))
 
-    async def put(self, chunks: AsyncIterable[bytes]) -> tuple[bytes, int]:
-        opaque_id = uuid.uuid4().hex
+    async def put(self, chunks: AsyncIterable[bytes], owner: str = "") -> tuple[bytes, int]:
+        opaque_id = new_opaque_id(owner)
         header = self._header(opaque_id)
         written: list[str] = []
         pending = bytearray()
@@ -164,6 +163,23 @@ class RedisStorage:
                     # One DEL per blob, header included: it vanishes whole.
                     pipe.delete(header, *(f"{header}:{n}" for n in range(int(count))))
             await pipe.execute()
+
+    async def delete_owned_by(self, owner: str) -> int:
+        # Every key of a blob (its header, then "<header>:<n>" per chunk) starts with the
+        # header's opening, glob characters escaped for MATCH.
+        opening = self._header(f"{owner}.")[:-1]
+        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in opening) + "*"
+        blobs = 0
+        batch: list[bytes] = []
+        async for key in self.client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            blobs += key.endswith(b"}")  # a header, one per blob
+            if len(batch) >= 1000:
+                await self.client.delete(*batch)
+                batch.clear()
+        if batch:
+            await self.client.delete(*batch)
+        return blobs
 
     async def sizes(self, opaque_ids: list[bytes]) -> list[int | None]:
         if not opaque_ids:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from pathlib import Path
@@ -24,7 +23,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pyarmonik.domain.errors import Unavailable
-from pyarmonik.storage.objects import CHUNK_SIZE, ObjectNotFound
+from pyarmonik.storage.objects import CHUNK_SIZE, ObjectNotFound, new_opaque_id
 from pyarmonik.storage.objects.files import read_chunks, write_file
 
 if TYPE_CHECKING:
@@ -128,14 +127,14 @@ class S3Storage:
     def _key(self, opaque_id: bytes) -> str:
         return self.key_prefix + opaque_id.decode("ascii", "replace")
 
-    async def put_file(self, path: Path) -> tuple[bytes, int]:
-        return await self.put(read_chunks(path))
+    async def put_file(self, path: Path, owner: str = "") -> tuple[bytes, int]:
+        return await self.put(read_chunks(path), owner)
 
     async def get_file(self, opaque_id: bytes, path: Path) -> None:
         await write_file(path, self.get(opaque_id))
 
-    async def put(self, chunks: AsyncIterable[bytes]) -> tuple[bytes, int]:
-        opaque_id = uuid.uuid4().hex.encode()
+    async def put(self, chunks: AsyncIterable[bytes], owner: str = "") -> tuple[bytes, int]:
+        opaque_id = new_opaque_id(owner).encode()
         key = self._key(opaque_id)
         pending = bytearray()
         size = 0
@@ -213,6 +212,17 @@ class S3Storage:
                 Bucket=self.bucket,
                 Delete={"Objects": objects, "Quiet": True},  # type: ignore[typeddict-item]
             )
+
+    async def delete_owned_by(self, owner: str) -> int:
+        prefix = self._key(f"{owner}.".encode())
+        keys: list[bytes] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            keys += [
+                item["Key"][len(self.key_prefix) :].encode() for item in page.get("Contents", [])
+            ]
+        await self.delete(keys)
+        return len(keys)
 
     async def sizes(self, opaque_ids: list[bytes]) -> list[int | None]:
         async def size(opaque_id: bytes) -> int | None:
