@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 import grpc
 import pytest
 from armonik.client import ArmoniKResults, ArmoniKTasks
-from armonik.common import TaskDefinition
+from armonik.common import Task, TaskDefinition, TaskStatus
 
 from pyarmonik.compute.orphans import dying_with_parent
 from pyarmonik.config import PartitionSettings, Settings
@@ -478,3 +478,50 @@ def cluster_backends(
                 failures.append(error)
         if failures:
             raise failures[0]
+
+
+# -- a session read through the official client, while servers come and go -------------------
+
+# Statuses of a task still to run.
+ACTIVE = frozenset(
+    {
+        TaskStatus.CREATING,
+        TaskStatus.SUBMITTED,
+        TaskStatus.DISPATCHED,
+        TaskStatus.PROCESSING,
+        TaskStatus.PENDING,
+        TaskStatus.CANCELLING,
+    }
+)
+
+
+def retrying(call: Callable[[], T], timeout: float = 60) -> T:
+    """A client call, retried while the control plane cannot answer (it is restarting, or
+    its backend is down)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except grpc.RpcError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def session_finished(channel: grpc.Channel, session_id: str) -> bool:
+    """No task of the session is still to run (asked again while the control plane cannot
+    answer)."""
+    tasks = ArmoniKTasks(channel)
+    counts = retrying(lambda: tasks.count_tasks_by_status(Task.session_id == session_id))
+    return not ACTIVE.intersection(counts)
+
+
+def all_tasks(channel: grpc.Channel, session_id: str) -> list[Task]:
+    """Every task of the session, every attempt included."""
+    tasks, listed, page = ArmoniKTasks(channel), [], 0
+    while True:
+        total, chunk = tasks.list_tasks(Task.session_id == session_id, page=page, page_size=1000)
+        listed += chunk
+        if len(listed) >= total or not chunk:
+            return listed
+        page += 1

@@ -11,17 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import subprocess
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import pytest
@@ -29,11 +23,23 @@ from armonik.client import ArmoniKEvents, ArmoniKResults, ArmoniKSessions, Armon
 from armonik.common import Task, TaskDefinition, TaskOptions, TaskStatus
 
 from tests.helpers import (
+    ACTIVE,
     PG_RABBIT_REDIS,
+    all_tasks,
     cluster_backends,
     local_cluster,
+    retrying,
+    session_finished,
     submit_orders,
     with_query,
+)
+from tests.processes import (
+    RESTARTS,
+    require_restartable,
+    run,
+    service_left_running,
+    succeeds,
+    wait_until,
 )
 
 pytestmark = pytest.mark.cluster
@@ -41,108 +47,6 @@ pytestmark = pytest.mark.cluster
 OPTIONS = TaskOptions(max_duration=timedelta(seconds=60), priority=1, max_retries=5)
 VALUES = 240  # "value" tasks sleeping 50 ms
 FANOUTS = 10  # tasks submitting 4 children and an aggregation task that inherits their output
-DOWN = 2.0  # seconds each service stays down
-ACTIVE = frozenset(
-    {
-        TaskStatus.CREATING,
-        TaskStatus.SUBMITTED,
-        TaskStatus.DISPATCHED,
-        TaskStatus.PROCESSING,
-        TaskStatus.PENDING,
-        TaskStatus.CANCELLING,
-    }
-)
-T = TypeVar("T")
-
-
-def run(command: str, timeout: float = 120) -> None:
-    subprocess.run(command, shell=True, check=True, timeout=timeout, capture_output=True)
-
-
-def succeeds(command: str) -> bool:
-    return subprocess.run(command, shell=True, capture_output=True, timeout=60).returncode == 0
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.2)
-
-
-def restart_rabbitmq() -> None:
-    try:
-        run("rabbitmqctl stop_app")
-        time.sleep(DOWN)
-    finally:
-        run("rabbitmqctl start_app")
-        wait_until(lambda: succeeds("rabbitmqctl await_startup"), "RabbitMQ up again")
-
-
-def restart_redis() -> None:
-    def config(name: str) -> str:
-        lines = subprocess.run(
-            ["redis-cli", "config", "get", name], capture_output=True, text=True, check=True
-        ).stdout.splitlines()
-        return lines[1] if len(lines) > 1 else ""
-
-    # `dir` and `dbfilename` are protected (not settable at run time): the server saves
-    # where it is configured to, and the new one is started to load that file.
-    directory, dbfilename = config("dir"), config("dbfilename") or "dump.rdb"
-    assert directory, "Redis reports no working directory"
-    dump = Path(directory) / dbfilename
-    ours = not dump.exists()
-    try:
-        done = subprocess.run(
-            ["redis-cli", "shutdown", "save"], capture_output=True, text=True, timeout=60
-        )
-        assert "ERR" not in done.stdout, f"Redis could not save before stopping: {done.stdout}"
-        wait_until(lambda: not succeeds("redis-cli ping"), "Redis stopped", 30)
-        time.sleep(DOWN)
-    finally:
-        run(
-            'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" '
-            f"--appendonly no --dir {directory} --dbfilename {dbfilename}"
-        )
-        wait_until(
-            lambda: (
-                subprocess.run(["redis-cli", "ping"], capture_output=True, text=True).stdout.strip()
-                == "PONG"
-            ),
-            "Redis up again",
-        )
-        if ours:  # loaded: not to be loaded again by a later start
-            dump.unlink(missing_ok=True)
-
-
-def restart_postgresql() -> None:
-    version = sorted(os.listdir("/etc/postgresql"))[-1]
-    control = f"pg_ctlcluster --skip-systemctl-redirect {version} main"
-    try:
-        run(f"{control} stop")
-        time.sleep(DOWN)
-    finally:
-        run(f"{control} start")
-        wait_until(lambda: succeeds("pg_isready -q -h 127.0.0.1 -p 5432"), "PostgreSQL up again")
-
-
-RESTARTS: dict[str, tuple[str, Callable[[], None]]] = {
-    "rabbitmq": ("rabbitmqctl", restart_rabbitmq),
-    "redis": ("redis-server", restart_redis),
-    "postgresql": ("pg_ctlcluster", restart_postgresql),
-}
-
-
-def retrying(call: Callable[[], T], timeout: float = 60) -> T:
-    """A client call, retried while the control plane cannot answer (its backend is down)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return call()
-        except grpc.RpcError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 def submit(channel: grpc.Channel, session_id: str) -> list[tuple[str, bytes]]:
@@ -157,47 +61,10 @@ def submit(channel: grpc.Channel, session_id: str) -> list[tuple[str, bytes]]:
     return [(out, expected) for out, (_, expected) in zip(output_ids, orders, strict=True)]
 
 
-def session_finished(channel: grpc.Channel, session_id: str) -> bool:
-    """No task of the session is still to run (asked again while the control plane cannot
-    answer)."""
-    tasks = ArmoniKTasks(channel)
-    counts = retrying(lambda: tasks.count_tasks_by_status(Task.session_id == session_id))
-    return not ACTIVE.intersection(counts)
-
-
-def all_tasks(channel: grpc.Channel, session_id: str) -> list[Task]:
-    tasks, listed, page = ArmoniKTasks(channel), [], 0
-    while True:
-        total, chunk = tasks.list_tasks(Task.session_id == session_id, page=page, page_size=1000)
-        listed += chunk
-        if len(listed) >= total or not chunk:
-            return listed
-        page += 1
-
-
-@contextmanager
-def service_left_running(service: str) -> Iterator[None]:
-    """Whatever happens, the service runs again afterwards (other tests need it)."""
-    try:
-        yield
-    finally:
-        checks = {
-            "rabbitmq": "rabbitmqctl await_startup",
-            "redis": "redis-cli ping | grep -q PONG",
-            "postgresql": "pg_isready -q -h 127.0.0.1 -p 5432",
-        }
-        if not succeeds(checks[service]):
-            RESTARTS[service][1]()
-
-
 @pytest.mark.parametrize("service", list(RESTARTS))
 def test_session_survives_a_restart_of(service: str, tmp_path: Path) -> None:
-    tool, restart = RESTARTS[service]
-    if shutil.which(tool) is None:
-        reason = f"cannot restart {service} here ({tool} not found)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI=true requires it")
-        pytest.skip(reason)
+    require_restartable(service)
+    restart = RESTARTS[service][1]
     with (
         cluster_backends(PG_RABBIT_REDIS, partitions=["default"]) as backends,
         local_cluster(tmp_path, backends=backends) as cluster,
@@ -244,11 +111,7 @@ def test_tasks_made_ready_while_rabbitmq_is_down_are_queued_when_it_is_back(
     client's submission still succeeds, its tasks are parked in the database instead of
     being left SUBMITTED without a message, and the control plane queues them once the
     broker is back; so are the tasks that a completion made ready during the outage."""
-    if shutil.which("rabbitmqctl") is None:
-        reason = "cannot stop RabbitMQ here (rabbitmqctl not found)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI=true requires it")
-        pytest.skip(reason)
+    require_restartable("rabbitmq")
     with cluster_backends(PG_RABBIT_REDIS, partitions=["default"]) as backends:
         assert backends.queue is not None
         backends.queue = with_query(backends.queue, reconnect_for="0.5")

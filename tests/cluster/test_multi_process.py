@@ -6,11 +6,6 @@ downloaded (through the other replica than the one it was submitted to) and chec
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import IO
 
 import grpc
 import pytest
@@ -34,7 +28,6 @@ from armonik.common import (
     TaskStatusUpdateEvent,
 )
 
-from pyarmonik.compute.orphans import dying_with_parent
 from tests.helpers import (
     OFFICIAL_WORKER,
     PG_RABBIT_REDIS,
@@ -43,47 +36,13 @@ from tests.helpers import (
     free_port,
     submit_orders,
 )
+from tests.processes import pyarmonik, wait_for_port
 
 pytestmark = pytest.mark.cluster
 
 TASKS = 5000
 AGENTS = 4
 OPTIONS = TaskOptions(max_duration=timedelta(seconds=60), priority=1, max_retries=3)
-
-
-@contextmanager
-def pyarmonik(name: str, args: list[str], logs: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A `pyarmonik ...` process (its stderr in logs/<name>.log); SIGTERM, then SIGKILL."""
-    log: IO[bytes] = open(logs / f"{name}.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        dying_with_parent([sys.executable, "-m", "pyarmonik.cli.main", *args]),
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        start_new_session=True,
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"the control plane exited with {process.returncode}"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on port {port}")
 
 
 @contextmanager
