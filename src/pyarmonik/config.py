@@ -75,6 +75,36 @@ class Settings(BaseSettings):
     # OTEL_EXPORTER_OTLP_ENDPOINT is set.
     otlp_endpoint: str = ""
 
+    # -- security (docs/security.md) ---------------------------------------------------------
+    # TLS on the gRPC and HTTP ports: PEM certificate (chain) and key; with a client CA, the
+    # gRPC port requires a client certificate it signed (mutual TLS), the HTTP port asks for one.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # ArmoniK's Authenticator__RequireAuthentication / __RequireAuthorization.
+    require_authentication: bool = False
+    require_authorization: bool = False
+    # ArmoniK's Authenticator__CNHeader, __FingerprintHeader, __ImpersonationUsernameHeader,
+    # __ImpersonationIdHeader. The certificate headers are believed only from a trusted proxy.
+    cn_header: str = "X-Certificate-Client-CN"
+    fingerprint_header: str = "X-Certificate-Client-Fingerprint"
+    impersonation_username_header: str = "X-Impersonate-Username"
+    impersonation_id_header: str = "X-Impersonate-Id"
+    # TLS-terminating proxies whose certificate headers are believed: by address (IP or
+    # CIDR) or by the CN of the client certificate they present (ArmoniK's trusted CNs).
+    trusted_proxy_addresses: list[str] = Field(default_factory=list)
+    trusted_proxy_cns: list[str] = Field(default_factory=list)
+    # Users, roles and certificates loaded at start (ArmoniK's authentication_datafile format).
+    auth_file: Path | None = None
+    # A user sees and touches only the sessions it created (unless it holds
+    # General:AllSessions).
+    session_isolation: bool = False
+    # /metrics requires a bearer token (with authentication on).
+    metrics_require_token: bool = False
+    # How long a request's identity is reused on its connection: a removed user or
+    # certificate stops working within this time.
+    identity_cache_seconds: float = 5.0
+
     @property
     def database_url(self) -> str:
         return self.database or f"sqlite:///{(self.data_dir / 'pyarmonik.db').resolve()}"
@@ -98,7 +128,20 @@ def _armonik_environment() -> dict[str, Any]:
         values["data_chunk_max_size"] = int(size)
     if default := os.environ.get("Submitter__DefaultPartition"):
         values["default_partition"] = default
+    for key, name in _AUTHENTICATOR_KEYS.items():
+        if (value := os.environ.get(f"Authenticator__{key}")) is not None:
+            values[name] = value
     return values
+
+
+_AUTHENTICATOR_KEYS = {
+    "RequireAuthentication": "require_authentication",
+    "RequireAuthorization": "require_authorization",
+    "CNHeader": "cn_header",
+    "FingerprintHeader": "fingerprint_header",
+    "ImpersonationUsernameHeader": "impersonation_username_header",
+    "ImpersonationIdHeader": "impersonation_id_header",
+}
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -83,9 +83,10 @@ def test_config_with_two_partitions_then_ctrl_c_leaves_nothing(tmp_path: Path) -
             assert tasks.get_task(fast_task).options.partition_id == "fast"
             assert tasks.get_task(slow_task).options.partition_id == "slow"
             assert ArmoniKResults(channel).download_result_data(slow_out, session_id) == b"2"
-        assert sorted(
-            p.name.rsplit("-", 1)[0] for p in (tmp_path / "data" / "agents").iterdir()
-        ) == ["fast", "slow", "slow"]
+        agent_dirs = list((tmp_path / "data" / "agents").iterdir())
+        assert sorted(p.name.rsplit("-", 1)[0] for p in agent_dirs) == ["fast", "slow", "slow"]
+        # The Agent API's sockets are in folders only the agent's user can open.
+        assert {p.stat().st_mode & 0o777 for p in agent_dirs} == {0o700}
         everything = descendants(cluster.process.pid)
         assert len(everything) >= 6, "three agents and their three workers"
     finally:

@@ -420,7 +420,7 @@ VALUES: Mapping[Kind, tuple[str, st.SearchStrategy[Any]]] = {
 
 @st.composite
 def conditions(draw: st.DrawFn) -> Condition:
-    kind = draw(st.sampled_from(list(Kind)))
+    kind = draw(st.sampled_from(list(VALUES)))  # a session owner needs the sessions table
     column, values = VALUES[kind]
     op = draw(st.sampled_from(sorted(ALLOWED_OPS[kind], key=lambda o: o.name)))
     key = draw(keys) if kind is Kind.OPTION else ""
@@ -548,3 +548,13 @@ def test_the_longest_pattern_runs_in_sql(db: SqliteDb | PostgresDb) -> None:
         f: Filter = ((Condition("s", Kind.STRING, op, longest),),)
         check_limits(f)
         assert db.select(*to_sql(f, db.dialect)) == python_ids(f, ROWS)
+
+
+def test_session_owner_is_sql_only() -> None:
+    """Session isolation's condition reads the sessions table: SQL has it, Python refuses it."""
+    owned = Condition("session_id", Kind.SESSION_OWNER, Op.EQ, "alice")
+    sql, params = to_sql(((owned,),), SQLITE_DIALECT)
+    assert sql == "((session_id IN (SELECT session_id FROM sessions WHERE created_by_user = ?)))"
+    assert params == ["alice"]
+    with pytest.raises(ValueError, match="database"):
+        matches(((owned,),), {"session_id": "s"})

@@ -9,12 +9,14 @@ import os
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import asyncio
+import contextlib
 import signal
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from pyarmonik.cli.auth import app as auth_app
 from pyarmonik.cli.inspect import register as register_inspection
 from pyarmonik.config import PartitionSettings, Settings, load_settings
 from pyarmonik.domain.errors import ArmoniKError
@@ -100,9 +102,42 @@ def control(
     database: DatabaseOption = None,
     queue: QueueOption = None,
     objects: ObjectsOption = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="Server certificate (PEM) of the gRPC and HTTP ports.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Its private key (PEM).")] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option(help="CA of client certificates: mutual TLS (one is required on gRPC)."),
+    ] = None,
+    require_authentication: Annotated[
+        bool | None,
+        typer.Option(
+            "--require-authentication/--no-require-authentication",
+            help="Identify every caller (ArmoniK's Authenticator__RequireAuthentication).",
+        ),
+    ] = None,
+    require_authorization: Annotated[
+        bool | None,
+        typer.Option(
+            "--require-authorization/--no-require-authorization",
+            help="Check each rpc's permission (Authenticator__RequireAuthorization).",
+        ),
+    ] = None,
+    auth_file: Annotated[
+        Path | None,
+        typer.Option(help="Users, roles and certificates to load (ArmoniK's auth data file)."),
+    ] = None,
+    session_isolation: Annotated[
+        bool | None,
+        typer.Option(
+            "--session-isolation/--no-session-isolation",
+            help="A user sees only its own sessions (unless it holds General:AllSessions).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the ArmoniK API v3 (control plane)."""
-    from pyarmonik.control.server import ControlPlane
+    from pyarmonik.control.server import ControlPlane, exposure_warning
 
     settings = settings_from(
         config,
@@ -114,8 +149,17 @@ def control(
         database=database,
         queue=queue,
         objects=objects,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+        require_authentication=require_authentication,
+        require_authorization=require_authorization,
+        auth_file=auth_file,
+        session_isolation=session_isolation,
     )
     setup_logging(settings.log_level)
+    if warning := exposure_warning(settings):
+        typer.secho(warning, err=True, fg="red", bold=True)
 
     async def main(stop: asyncio.Event) -> None:
         plane = ControlPlane(settings)
@@ -123,6 +167,8 @@ def control(
             bound = await plane.start()
         except ArmoniKError as error:
             typer.echo(f"error: {error}", err=True)
+            with contextlib.suppress(Exception):  # whatever did start
+                await plane.stop()
             raise typer.Exit(2) from error
         typer.echo(f"pyarmonik control plane serving on {settings.host}:{bound}", err=True)
         await stop.wait()
@@ -256,6 +302,7 @@ def local(
 
 
 register_inspection(app)
+app.add_typer(auth_app, name="auth")
 
 bench_app = typer.Typer(
     no_args_is_help=True, help="Measure the seed's workloads on a local cluster."

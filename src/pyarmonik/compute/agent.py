@@ -149,6 +149,10 @@ class Agent:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # The Agent API has no authentication (as in ArmoniK): its socket lives in a folder
+        # only our user (and so our worker) can open.
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.work_dir.chmod(0o700)
         await self.folders.start()
         await self.backends.start()
         await self._start_http()

@@ -14,6 +14,7 @@ from armonik.protogen.common import events_common_pb2 as pb
 
 from pyarmonik.control import filters
 from pyarmonik.control.errors import rpc
+from pyarmonik.control.isolation import SessionGuard
 from pyarmonik.domain.errors import InvalidArgument
 from pyarmonik.domain.filters import (
     MATCH_ALL,
@@ -81,9 +82,10 @@ def result_status_event(
 
 
 class Events(EventsServicer):  # type: ignore[misc]
-    def __init__(self, database: Database, feed: ChangeFeed):
+    def __init__(self, database: Database, feed: ChangeFeed, guard: SessionGuard):
         self.database = database
         self.feed = feed
+        self.guard = guard
 
     @rpc
     async def GetEvents(
@@ -91,6 +93,7 @@ class Events(EventsServicer):  # type: ignore[misc]
     ) -> AsyncIterator[pb.EventSubscriptionResponse]:
         if not request.session_id:
             raise InvalidArgument("session_id is required")
+        await self.guard.session(request.session_id)
         wanted = {
             ChangeKind(k) for k in request.returned_events if k in ChangeKind._value2member_map_
         }

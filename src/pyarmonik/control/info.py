@@ -18,57 +18,14 @@ from armonik.protogen.common import versions_common_pb2 as versions_pb
 
 import pyarmonik
 from pyarmonik.control import filters
+from pyarmonik.control.auth import Authenticator, current_identity
 from pyarmonik.control.convert import partition_raw
 from pyarmonik.control.errors import rpc
+from pyarmonik.control.isolation import SessionGuard
 from pyarmonik.domain.errors import InvalidArgument, NotFound
 from pyarmonik.domain.filters import MATCH_ALL, ListQuery
 from pyarmonik.domain.records import Partition
 from pyarmonik.scheduling.backends import Backends
-
-# Every rpc of the API, as ArmoniK names permissions ("Service:Rpc").
-SERVICES_RPCS = {
-    "Sessions": [
-        "CreateSession",
-        "GetSession",
-        "ListSessions",
-        "CancelSession",
-        "PauseSession",
-        "ResumeSession",
-        "CloseSession",
-        "PurgeSession",
-        "DeleteSession",
-        "StopSubmission",
-    ],
-    "Tasks": [
-        "SubmitTasks",
-        "ListTasks",
-        "ListTasksDetailed",
-        "GetTask",
-        "CancelTasks",
-        "GetResultIds",
-        "CountTasksByStatus",
-    ],
-    "Results": [
-        "CreateResultsMetaData",
-        "CreateResults",
-        "UploadResultData",
-        "DownloadResultData",
-        "GetServiceConfiguration",
-        "GetResult",
-        "ListResults",
-        "GetOwnerTaskId",
-        "DeleteResultsData",
-        "ImportResultsData",
-        "WatchResults",
-    ],
-    "Events": ["GetEvents"],
-    "Partitions": ["ListPartitions", "GetPartition"],
-    "Applications": ["ListApplications"],
-    "Versions": ["ListVersions"],
-    "HealthChecks": ["CheckHealth"],
-    "Authentication": ["GetCurrentUser"],
-}
-ALL_PERMISSIONS = [f"{service}:{rpc}" for service, rpcs in SERVICES_RPCS.items() for rpc in rpcs]
 
 
 class Partitions(PartitionsServicer):  # type: ignore[misc]
@@ -111,8 +68,9 @@ class Partitions(PartitionsServicer):  # type: ignore[misc]
 
 
 class Applications(ApplicationsServicer):  # type: ignore[misc]
-    def __init__(self, backends: Backends):
+    def __init__(self, backends: Backends, guard: SessionGuard):
         self.backends = backends
+        self.guard = guard
 
     @rpc
     async def ListApplications(
@@ -128,7 +86,7 @@ class Applications(ApplicationsServicer):  # type: ignore[misc]
         )
         sorts = filters.applications_sort(request.sort) if request.HasField("sort") else []
         async with self.backends.database.read() as repository:
-            apps, total = await repository.list_applications(query, sorts)
+            apps, total = await repository.list_applications(self.guard.within(query), sorts)
         return apps_pb.ListApplicationsResponse(
             applications=[
                 apps_pb.ApplicationRaw(
@@ -186,11 +144,14 @@ class HealthChecks(HealthChecksServiceServicer):  # type: ignore[misc]
 
 
 class Authentication(AuthenticationServicer):  # type: ignore[misc]
+    def __init__(self, authenticator: Authenticator):
+        self.authenticator = authenticator
+
     @rpc
     async def GetCurrentUser(
         self, request: auth_pb.GetCurrentUserRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb.GetCurrentUserResponse:
-        # Authentication is not configured: everyone is the anonymous user with every permission.
+        username, roles, permissions = self.authenticator.current_user(current_identity())
         return auth_pb.GetCurrentUserResponse(
-            user=auth_pb.User(username="Anonymous", roles=[], permissions=ALL_PERMISSIONS)
+            user=auth_pb.User(username=username, roles=roles, permissions=permissions)
         )

@@ -13,6 +13,7 @@ from armonik.protogen.common import results_common_pb2 as pb
 from pyarmonik.control import filters
 from pyarmonik.control.convert import result_raw
 from pyarmonik.control.errors import rpc
+from pyarmonik.control.isolation import SessionGuard
 from pyarmonik.control.watch import ResultWatcher
 from pyarmonik.domain.errors import FailedPrecondition, InvalidArgument
 from pyarmonik.domain.filters import MATCH_ALL, ListQuery
@@ -45,14 +46,16 @@ async def _ended_by_half_close(context: grpc.aio.ServicerContext) -> None:
 
 
 class Results(ResultsServicer):  # type: ignore[misc]
-    def __init__(self, service: ResultService, watcher: ResultWatcher):
+    def __init__(self, service: ResultService, watcher: ResultWatcher, guard: SessionGuard):
         self.service = service
         self.watcher = watcher
+        self.guard = guard
 
     @rpc
     async def CreateResultsMetaData(
         self, request: pb.CreateResultsMetaDataRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateResultsMetaDataResponse:
+        await self.guard.session(request.session_id)
         results = await self.service.create_metadata(
             request.session_id, [(r.name, r.manual_deletion) for r in request.results]
         )
@@ -62,6 +65,7 @@ class Results(ResultsServicer):  # type: ignore[misc]
     async def CreateResults(
         self, request: pb.CreateResultsRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateResultsResponse:
+        await self.guard.session(request.session_id)
         results = await self.service.create_with_data(
             request.session_id, [(r.name, r.data, r.manual_deletion) for r in request.results]
         )
@@ -78,6 +82,7 @@ class Results(ResultsServicer):  # type: ignore[misc]
             raise FailedPrecondition("empty upload stream: the first message must be the result id")
         if first.WhichOneof("type") != "id":
             raise InvalidArgument("the first message of an upload must be the result id")
+        await self.guard.session(first.id.session_id)
 
         async def chunks() -> AsyncIterator[bytes]:
             async for message in request_iterator:
@@ -93,6 +98,7 @@ class Results(ResultsServicer):  # type: ignore[misc]
     async def DownloadResultData(
         self, request: pb.DownloadResultDataRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.DownloadResultDataResponse]:
+        await self.guard.session(request.session_id)
         data = await self.service.download(request.session_id, request.result_id)
         async for chunk in rechunk(data, self.service.data_chunk_max_size):
             yield pb.DownloadResultDataResponse(data_chunk=chunk)
@@ -109,6 +115,7 @@ class Results(ResultsServicer):  # type: ignore[misc]
     async def GetResult(
         self, request: pb.GetResultRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetResultResponse:
+        await self.guard.results([request.result_id])
         return pb.GetResultResponse(result=result_raw(await self.service.get(request.result_id)))
 
     @rpc
@@ -124,7 +131,7 @@ class Results(ResultsServicer):  # type: ignore[misc]
             page=request.page,
             page_size=request.page_size,
         )
-        results, total = await self.service.list_page(query)
+        results, total = await self.service.list_page(self.guard.within(query))
         return pb.ListResultsResponse(
             results=[result_raw(r) for r in results],
             page=request.page,
@@ -136,6 +143,7 @@ class Results(ResultsServicer):  # type: ignore[misc]
     async def GetOwnerTaskId(
         self, request: pb.GetOwnerTaskIdRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetOwnerTaskIdResponse:
+        await self.guard.session(request.session_id)
         results = await self.service.owners(request.session_id, list(request.result_id))
         return pb.GetOwnerTaskIdResponse(
             session_id=request.session_id,
@@ -151,6 +159,7 @@ class Results(ResultsServicer):  # type: ignore[misc]
     async def DeleteResultsData(
         self, request: pb.DeleteResultsDataRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteResultsDataResponse:
+        await self.guard.session(request.session_id)
         deleted = await self.service.delete_data(request.session_id, list(request.result_id))
         return pb.DeleteResultsDataResponse(session_id=request.session_id, result_id=deleted)
 
@@ -158,6 +167,7 @@ class Results(ResultsServicer):  # type: ignore[misc]
     async def ImportResultsData(
         self, request: pb.ImportResultsDataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ImportResultsDataResponse:
+        await self.guard.session(request.session_id)
         results = await self.service.import_data(
             request.session_id, [(r.result_id, r.opaque_id) for r in request.results]
         )
@@ -169,5 +179,10 @@ class Results(ResultsServicer):  # type: ignore[misc]
         request_iterator: AsyncIterator[pb.WatchResultRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.WatchResultResponse]:
-        async for status, result_ids in self.watcher.watch(request_iterator):
+        async def visible() -> AsyncIterator[pb.WatchResultRequest]:
+            async for request in request_iterator:
+                await self.guard.results(list(request.result_ids))
+                yield request
+
+        async for status, result_ids in self.watcher.watch(visible()):
             yield pb.WatchResultResponse(status=status, result_ids=result_ids)

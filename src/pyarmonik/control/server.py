@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 
 import grpc
 from armonik.protogen.client import (
@@ -20,17 +21,25 @@ from armonik.protogen.client import (
 )
 
 from pyarmonik.config import Settings
+from pyarmonik.control.auth import Authenticator, AuthInterceptor
 from pyarmonik.control.events import Events
 from pyarmonik.control.http import HttpServer
 from pyarmonik.control.info import Applications, Authentication, HealthChecks, Partitions, Versions
+from pyarmonik.control.isolation import SessionGuard
 from pyarmonik.control.memory import keep_memory_low
 from pyarmonik.control.results import Results
 from pyarmonik.control.sessions import Sessions
 from pyarmonik.control.tasks import Tasks
+from pyarmonik.control.tls import TlsFiles
 from pyarmonik.control.watch import ResultWatcher
 from pyarmonik.domain.errors import Unavailable
 from pyarmonik.domain.records import Partition
 from pyarmonik.observability import tracing
+from pyarmonik.scheduling.auth import (
+    AuthStore,
+    provisioning_from_environment,
+    provisioning_from_file,
+)
 from pyarmonik.scheduling.backends import Backends
 from pyarmonik.scheduling.changes import ChangeFeed
 from pyarmonik.scheduling.graph import push_parked
@@ -54,6 +63,26 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
+def exposure_warning(settings: Settings) -> str | None:
+    """A warning when the API is reachable beyond this machine unprotected, else None."""
+    loopback = settings.host in ("127.0.0.1", "::1", "localhost")
+    if loopback or (settings.tls_cert is not None and settings.require_authentication):
+        return None
+    missing = " and ".join(
+        what
+        for what, absent in (
+            ("TLS", settings.tls_cert is None),
+            ("authentication", not settings.require_authentication),
+        )
+        if absent
+    )
+    return (
+        f"WARNING: the control plane listens on {settings.host} without {missing}: anyone "
+        "who reaches the port can read and delete every session, and run code on the "
+        "workers. See docs/security.md."
+    )
+
+
 class ControlPlane:
     def __init__(self, settings: Settings, backends: Backends | None = None):
         self.settings = settings
@@ -68,43 +97,69 @@ class ControlPlane:
     async def start(self) -> int:
         """Start the backends and serve; return the bound port (useful with port 0)."""
         tracing.configure("pyarmonik-control", self.settings.otlp_endpoint)
+        tls = TlsFiles.of(self.settings)  # bad files stop the start before anything opens
         await self.backends.start()
         await self._register_partitions()
+        authenticator = Authenticator(self.settings, AuthStore(self.backends))
+        await self._provision(authenticator.store)
         await self.feed.start()
-        server = grpc.aio.server(options=server_options(self.settings))
-        backends, database = self.backends, self.backends.database
-        sessions_service_pb2_grpc.add_SessionsServicer_to_server(
-            Sessions(SessionService(backends)), server
+        # No interceptor without authentication: every call would pay for it.
+        interceptors = (
+            [AuthInterceptor(authenticator)] if self.settings.require_authentication else []
         )
-        tasks_service_pb2_grpc.add_TasksServicer_to_server(Tasks(TaskService(backends)), server)
+        server = grpc.aio.server(options=server_options(self.settings), interceptors=interceptors)
+        backends, database = self.backends, self.backends.database
+        guard = SessionGuard(self.settings, backends)
+        sessions_service_pb2_grpc.add_SessionsServicer_to_server(
+            Sessions(SessionService(backends), guard), server
+        )
+        tasks_service_pb2_grpc.add_TasksServicer_to_server(
+            Tasks(TaskService(backends), guard), server
+        )
         results_service_pb2_grpc.add_ResultsServicer_to_server(
             Results(
                 ResultService(backends, self.settings.data_chunk_max_size),
                 ResultWatcher(database, self.feed),
+                guard,
             ),
             server,
         )
-        events_service_pb2_grpc.add_EventsServicer_to_server(Events(database, self.feed), server)
+        events_service_pb2_grpc.add_EventsServicer_to_server(
+            Events(database, self.feed, guard), server
+        )
         partitions_service_pb2_grpc.add_PartitionsServicer_to_server(Partitions(backends), server)
         applications_service_pb2_grpc.add_ApplicationsServicer_to_server(
-            Applications(backends), server
+            Applications(backends, guard), server
         )
         versions_service_pb2_grpc.add_VersionsServicer_to_server(Versions(), server)
         health_checks_service_pb2_grpc.add_HealthChecksServiceServicer_to_server(
             HealthChecks(backends), server
         )
-        auth_service_pb2_grpc.add_AuthenticationServicer_to_server(Authentication(), server)
+        auth_service_pb2_grpc.add_AuthenticationServicer_to_server(
+            Authentication(authenticator), server
+        )
         address = f"{self.settings.host}:{self.settings.port}"
         try:
-            self.port = server.add_insecure_port(address)
+            if tls is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                self.port = server.add_secure_port(address, tls.grpc_credentials())
         except RuntimeError as error:
             raise Unavailable(f"cannot listen on {address}: {error}") from error
         await server.start()
         self.server = server
         if self.settings.http_port is not None:
-            self.http = HttpServer(self.backends, self.settings.host, self.settings.http_port)
+            self.http = HttpServer(
+                self.backends,
+                self.settings.host,
+                self.settings.http_port,
+                settings=self.settings,
+                authenticator=authenticator,
+            )
             http_port = await self.http.start(any_port_if_taken=not self.settings.http_port_strict)
-            log.info("metrics and health on http://%s:%s", self.settings.host, http_port)
+            log.info(
+                "metrics and health on %s://%s:%s", self.http.scheme, self.settings.host, http_port
+            )
         self._memory = asyncio.create_task(keep_memory_low(), name="memory")
         if self.backends.queue_in_database is None:  # a table queue never refuses a push
             self._pusher = asyncio.create_task(self._push_parked(), name="push-parked")
@@ -119,6 +174,17 @@ class ControlPlane:
                     log.info("queued %d parked ready tasks", pushed)
             except Exception as error:  # still down: next round
                 log.debug("pushing parked ready tasks failed: %r", error)
+
+    async def _provision(self, store: AuthStore) -> None:
+        """Built-in roles, then ArmoniK's InitServices__Authentication__* variables, then the
+        auth file; all upserts, so every replica may do it at every start."""
+        settings = self.settings
+        if not (settings.require_authentication or settings.auth_file):
+            return
+        await store.ensure_builtin_roles()
+        await store.provision(provisioning_from_environment(os.environ))
+        if settings.auth_file is not None:
+            await store.provision(provisioning_from_file(settings.auth_file))
 
     async def _register_partitions(self) -> None:
         partitions = self.backends.partitions

@@ -9,6 +9,7 @@ from armonik.protogen.common import sessions_common_pb2 as pb
 from pyarmonik.control import filters
 from pyarmonik.control.convert import optional_options, session_raw
 from pyarmonik.control.errors import rpc
+from pyarmonik.control.isolation import SessionGuard
 from pyarmonik.domain.errors import InvalidArgument
 from pyarmonik.domain.filters import MATCH_ALL, ListQuery
 from pyarmonik.observability import tracing
@@ -16,8 +17,9 @@ from pyarmonik.scheduling.sessions import SessionService
 
 
 class Sessions(SessionsServicer):  # type: ignore[misc]
-    def __init__(self, service: SessionService):
+    def __init__(self, service: SessionService, guard: SessionGuard):
         self.service = service
+        self.guard = guard
 
     @rpc
     async def CreateSession(
@@ -26,7 +28,9 @@ class Sessions(SessionsServicer):  # type: ignore[misc]
         options = optional_options(request, "default_task_option")
         if options is None:
             raise InvalidArgument("default_task_option is required")
-        session = await self.service.create(options, list(request.partition_ids))
+        session = await self.service.create(
+            options, list(request.partition_ids), self.guard.creator()
+        )
         tracing.session_started(session)
         return pb.CreateSessionReply(session_id=session.session_id)
 
@@ -34,6 +38,7 @@ class Sessions(SessionsServicer):  # type: ignore[misc]
     async def GetSession(
         self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSessionResponse:
+        await self.guard.session(request.session_id)
         return pb.GetSessionResponse(
             session=session_raw(await self.service.get(request.session_id))
         )
@@ -51,7 +56,7 @@ class Sessions(SessionsServicer):  # type: ignore[misc]
             page=request.page,
             page_size=request.page_size,
         )
-        sessions, total = await self.service.list_page(query)
+        sessions, total = await self.service.list_page(self.guard.sessions(query))
         return pb.ListSessionsResponse(
             sessions=[session_raw(s) for s in sessions],
             page=request.page,
@@ -63,6 +68,7 @@ class Sessions(SessionsServicer):  # type: ignore[misc]
     async def CancelSession(
         self, request: pb.CancelSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelSessionResponse:
+        await self.guard.session(request.session_id)
         return pb.CancelSessionResponse(
             session=session_raw(await self.service.cancel(request.session_id))
         )
@@ -71,6 +77,7 @@ class Sessions(SessionsServicer):  # type: ignore[misc]
     async def PauseSession(
         self, request: pb.PauseSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.PauseSessionResponse:
+        await self.guard.session(request.session_id)
         return pb.PauseSessionResponse(
             session=session_raw(await self.service.pause(request.session_id))
         )
@@ -79,6 +86,7 @@ class Sessions(SessionsServicer):  # type: ignore[misc]
     async def ResumeSession(
         self, request: pb.ResumeSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.ResumeSessionResponse:
+        await self.guard.session(request.session_id)
         return pb.ResumeSessionResponse(
             session=session_raw(await self.service.resume(request.session_id))
         )
@@ -87,6 +95,7 @@ class Sessions(SessionsServicer):  # type: ignore[misc]
     async def CloseSession(
         self, request: pb.CloseSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CloseSessionResponse:
+        await self.guard.session(request.session_id)
         return pb.CloseSessionResponse(
             session=session_raw(await self.service.close(request.session_id))
         )
@@ -95,6 +104,7 @@ class Sessions(SessionsServicer):  # type: ignore[misc]
     async def PurgeSession(
         self, request: pb.PurgeSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.PurgeSessionResponse:
+        await self.guard.session(request.session_id)
         return pb.PurgeSessionResponse(
             session=session_raw(await self.service.purge(request.session_id))
         )
@@ -103,6 +113,7 @@ class Sessions(SessionsServicer):  # type: ignore[misc]
     async def DeleteSession(
         self, request: pb.DeleteSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteSessionResponse:
+        await self.guard.session(request.session_id)
         return pb.DeleteSessionResponse(
             session=session_raw(await self.service.delete(request.session_id))
         )
@@ -111,6 +122,7 @@ class Sessions(SessionsServicer):  # type: ignore[misc]
     async def StopSubmission(
         self, request: pb.StopSubmissionRequest, context: grpc.aio.ServicerContext
     ) -> pb.StopSubmissionResponse:
+        await self.guard.session(request.session_id)
         session = await self.service.stop_submission(
             request.session_id, request.client, request.worker
         )

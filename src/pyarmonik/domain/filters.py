@@ -28,6 +28,9 @@ class Kind(Enum):
     DURATION = "duration"
     ARRAY = "array"
     OPTION = "option"
+    # The session (`session_id` column) was created by this user (session isolation). SQL
+    # only: it reads the sessions table.
+    SESSION_OWNER = "session owner"
 
 
 class Op(Enum):
@@ -56,6 +59,7 @@ ALLOWED_OPS: Mapping[Kind, frozenset[Op]] = {
     Kind.STATUS: frozenset({Op.EQ, Op.NE}),
     Kind.BOOLEAN: frozenset({Op.EQ}),
     Kind.ARRAY: frozenset({Op.CONTAINS, Op.NOT_CONTAINS}),
+    Kind.SESSION_OWNER: frozenset({Op.EQ}),
 }
 
 OPTIONS_COLUMN = "opt_options"
@@ -153,6 +157,8 @@ def _cell(column: str, key: str, is_option: bool, row: Mapping[str, Any]) -> Any
 
 
 def _holds(c: Condition, row: Mapping[str, Any]) -> bool:
+    if c.kind is Kind.SESSION_OWNER:
+        raise ValueError("a session owner condition is evaluated by the database only")
     cell = _cell(c.column, c.key, c.kind is Kind.OPTION, row)
     return cell is not None and _PY_OPS[c.op](cell, c.value)
 
@@ -254,6 +260,9 @@ def _expr(column: str, key: str, is_option: bool, dialect: SqlDialect) -> str:
 
 
 def _condition_sql(c: Condition, dialect: SqlDialect, params: list[Any]) -> str:
+    if c.kind is Kind.SESSION_OWNER:
+        params.append(c.value)
+        return f"{c.column} IN (SELECT session_id FROM sessions WHERE created_by_user = ?)"
     if c.kind is Kind.ARRAY:
         params.append(c.value)
         contains = dialect.array_contains(c.column)

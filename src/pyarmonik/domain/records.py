@@ -78,6 +78,8 @@ class Session:
     purged_at: float | None = None
     deleted_at: float | None = None
     duration: float | None = None
+    # The user who created the session ('' without authentication): session isolation.
+    created_by_user: str = ""
 
     TABLE: ClassVar[str] = "sessions"
     KEY: ClassVar[str] = "session_id"
@@ -103,6 +105,7 @@ class Session:
             purged_at=row["purged_at"],
             deleted_at=row["deleted_at"],
             duration=row["duration"],
+            created_by_user=row["created_by_user"] or "",
         )
 
 

@@ -57,7 +57,9 @@ class SessionService:
     def __init__(self, backends: Backends):
         self.backends = backends
 
-    async def create(self, options: TaskOptions, partition_ids: list[str]) -> Session:
+    async def create(
+        self, options: TaskOptions, partition_ids: list[str], created_by_user: str = ""
+    ) -> Session:
         known = {p.partition_id for p in self.backends.partitions}
         partitions = list(dict.fromkeys(partition_ids)) or [self.backends.default_partition]
         if not options.partition_id:
@@ -69,7 +71,11 @@ class SessionService:
             raise NotFound(f"Partitions not found: {', '.join(unknown)}")
         options.validate()
         session = Session(
-            session_id=new_id(), partition_ids=partitions, options=options, created_at=now()
+            session_id=new_id(),
+            partition_ids=partitions,
+            options=options,
+            created_at=now(),
+            created_by_user=created_by_user,
         )
         async with self.backends.database.write() as repository:
             await repository.insert([session])

@@ -4,6 +4,11 @@ control plane's HTTP server beside /metrics.
 Every answer comes from the scheduling services, i.e. from the Repository's filtered, sorted
 and paged queries on indexed columns: no request loads more than a page of tasks, whatever
 the size of the session.
+
+With authentication on, every /api call identifies its caller (control/httpauth.py) and needs
+the permission of the matching rpc (`PERMISSIONS` below); with session isolation on, it sees
+only the caller's sessions. The pages and static files hold no data and stay open: the GUI
+asks /api/me who it is, and for a token when nobody.
 """
 
 from __future__ import annotations
@@ -16,13 +21,16 @@ from typing import Any
 
 from aiohttp import web
 
-from pyarmonik.config import DEFAULT_CHUNK_SIZE
+from pyarmonik.config import DEFAULT_CHUNK_SIZE, Settings
+from pyarmonik.control.auth import Unauthenticated
 from pyarmonik.control.gui.agents import AgentDirectory
+from pyarmonik.control.httpauth import HttpAuth, Visibility
 from pyarmonik.domain.errors import (
     ArmoniKError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     Unavailable,
 )
 from pyarmonik.domain.filters import MATCH_ALL, Condition, Filter, Kind, ListQuery, Op, Sort
@@ -40,7 +48,28 @@ FILES = {
     "style.css": "text/css",
 }
 PAGES = ("/", "/sessions", "/tasks", "/tasks/{task_id}", "/results", "/partitions", "/agents")
-SESSION_ACTIONS = frozenset({"pause", "resume", "cancel", "close", "purge", "delete"})
+# Each action needs the permission of the rpc doing the same.
+SESSION_ACTIONS = {
+    "pause": "Sessions:PauseSession",
+    "resume": "Sessions:ResumeSession",
+    "cancel": "Sessions:CancelSession",
+    "close": "Sessions:CloseSession",
+    "purge": "Sessions:PurgeSession",
+    "delete": "Sessions:DeleteSession",
+}
+# The permission each /api route needs: that of the rpc answering the same question (None:
+# authentication only; session actions are checked per action).
+PERMISSIONS: dict[str, str | None] = {
+    "/api/dashboard": "Tasks:CountTasksByStatus",
+    "/api/sessions": "Sessions:ListSessions",
+    "/api/sessions/{session_id}/{action}": None,
+    "/api/tasks": "Tasks:ListTasks",
+    "/api/tasks/{task_id}": "Tasks:GetTask",
+    "/api/results": "Results:ListResults",
+    "/api/results/{result_id}/data": "Results:DownloadResultData",
+    "/api/partitions": "Partitions:ListPartitions",
+    "/api/agents": "Partitions:ListPartitions",
+}
 TASK_SORTS = frozenset(
     {
         "task_id",
@@ -58,13 +87,21 @@ TASK_SORTS = frozenset(
 )
 SESSION_SORTS = frozenset({"session_id", "status", "created_at", "closed_at", "duration"})
 RESULT_SORTS = frozenset({"result_id", "name", "status", "created_at", "completed_at", "size"})
-HTTP_STATUS = {NotFound: 404, InvalidArgument: 400, FailedPrecondition: 409, Unavailable: 503}
+HTTP_STATUS = {
+    NotFound: 404,
+    InvalidArgument: 400,
+    FailedPrecondition: 409,
+    Unavailable: 503,
+    Unauthenticated: 401,
+    PermissionDenied: 403,
+}
 MAX_PAGE_SIZE = 500
 # POSTs must carry this header: a page of another site cannot add it without a CORS
 # preflight, which this server never grants (no cross-site session actions).
 ACTION_HEADER = "X-Requested-With"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+VISIBILITY_KEY = web.RequestKey("visibility", Visibility)
 
 
 # -- query parameters -------------------------------------------------------------------------
@@ -156,11 +193,18 @@ def _page(items: list[dict[str, Any]], total: int, query: ListQuery) -> dict[str
     return {"items": items, "total": total, "page": query.page, "size": query.page_size}
 
 
-class AdminGui:
-    """Routes of the GUI and of its JSON API, on the scheduling services of `backends`."""
+def _visible(request: web.Request) -> Visibility:
+    """What the caller of a guarded route may see (set by `AdminGui._guard`)."""
+    return request[VISIBILITY_KEY]
 
-    def __init__(self, backends: Backends):
+
+class AdminGui:
+    """Routes of the GUI and of its JSON API, on the scheduling services of `backends`;
+    `auth` identifies callers (none without it: everything open, as before)."""
+
+    def __init__(self, backends: Backends, auth: HttpAuth | None = None):
         self.backends = backends
+        self.auth = auth or HttpAuth(Settings(), None)
         self.sessions = SessionService(backends)
         self.tasks = TaskService(backends)
         self.results = ResultService(backends, DEFAULT_CHUNK_SIZE)
@@ -173,15 +217,20 @@ class AdminGui:
             router.add_get(page, self.page)
         router.add_get("/static/{name}", self.static)
         router.add_get("/favicon.ico", self.no_icon)
-        router.add_get("/api/dashboard", self.dashboard)
-        router.add_get("/api/sessions", self.list_sessions)
-        router.add_post("/api/sessions/{session_id}/{action}", self.session_action)
-        router.add_get("/api/tasks", self.list_tasks)
-        router.add_get("/api/tasks/{task_id}", self.task)
-        router.add_get("/api/results", self.list_results)
-        router.add_get("/api/results/{result_id}/data", self.download)
-        router.add_get("/api/partitions", self.list_partitions)
-        router.add_get("/api/agents", self.list_agents)
+        router.add_get("/api/me", self.me)
+        for route, handler in (
+            ("/api/dashboard", self.dashboard),
+            ("/api/sessions", self.list_sessions),
+            ("/api/tasks", self.list_tasks),
+            ("/api/tasks/{task_id}", self.task),
+            ("/api/results", self.list_results),
+            ("/api/results/{result_id}/data", self.download),
+            ("/api/partitions", self.list_partitions),
+            ("/api/agents", self.list_agents),
+        ):
+            router.add_get(route, self._guard(PERMISSIONS[route], handler))
+        route = "/api/sessions/{session_id}/{action}"
+        router.add_post(route, self._guard(PERMISSIONS[route], self.session_action))
         app.middlewares.append(self._errors)
 
         async def close(_: web.Application) -> None:
@@ -200,7 +249,20 @@ class AdminGui:
             return await handler(request)
         except ArmoniKError as error:
             status = next((c for k, c in HTTP_STATUS.items() if isinstance(error, k)), 500)
-            return web.json_response({"error": str(error)}, status=status)
+            # RFC 6750: a 401 names the scheme it wants.
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            return web.json_response({"error": str(error)}, status=status, headers=headers)
+
+    def _guard(self, permission: str | None, handler: Handler) -> Handler:
+        """`handler` for callers holding `permission` (and identified, with authentication
+        on), with what they may see in the request (`_visible`)."""
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            identity = await self.auth.check(request, permission)
+            request[VISIBILITY_KEY] = self.auth.visibility(identity)
+            return await handler(request)
+
+        return guarded
 
     # -- static files ----------------------------------------------------------------------
 
@@ -227,6 +289,37 @@ class AdminGui:
 
     # -- API ---------------------------------------------------------------------------------
 
+    async def me(self, request: web.Request) -> web.Response:
+        """Who the GUI runs as, what it may do, and whether it must log in first. Never a
+        401: an unidentified caller is an answer too (`authenticated` false, and why)."""
+        required = self.auth.required
+        answer: dict[str, Any] = {
+            "username": "",
+            "roles": [],
+            "permissions": [],
+            "authenticated": False,
+            "authentication_required": required,
+            "via": "",
+            "error": "",
+        }
+        try:
+            caller = await self.auth.caller(request)
+        except Unauthenticated as error:
+            return web.json_response({**answer, "error": str(error)})
+        identity, authenticator = caller.identity, self.auth.authenticator
+        if authenticator is not None:  # GetCurrentUser's answer in each mode
+            username, roles, permissions = authenticator.current_user(identity)
+        else:
+            username, roles, permissions = identity.username, [], list(identity.permissions)
+        answer.update(
+            username=username,
+            roles=roles,
+            permissions=permissions,
+            authenticated=required,  # with authentication off, nobody is identified
+            via=caller.via,
+        )
+        return web.json_response(answer)
+
     async def _counts(self, where: Filter) -> dict[str, int]:
         return _named(await self.tasks.count_by_status(where))
 
@@ -235,13 +328,28 @@ class AdminGui:
             partitions, _ = await repository.list_page(Partition, ListQuery(page_size=1000))
         return partitions
 
+    async def _check_session(self, request: web.Request, session_id: str, what: str) -> None:
+        """NotFound (`what`) unless session isolation lets the caller see the session."""
+        visible = _visible(request)
+        if visible.user is not None:
+            try:
+                session = await self.sessions.get(session_id)
+            except NotFound:
+                raise NotFound(f"{what} not found") from None
+            visible.check(session.created_by_user, what)
+
     async def dashboard(self, request: web.Request) -> web.Response:
         """Tasks by status overall, per recent session and per partition; tasks ended per
         interval over the last `window` seconds (of one session, or of the recent ones)."""
+        visible = _visible(request)
         window = _int(request, "window", 300, 10, 86400)
         interval = max(1, window // 60)
         recent, session_total = await self.sessions.list_page(
-            ListQuery(sort=Sort("created_at", descending=True), page_size=8)
+            ListQuery(
+                filter=visible.sessions(MATCH_ALL),
+                sort=Sort("created_at", descending=True),
+                page_size=8,
+            )
         )
         sessions = [
             {**session_json(s), "counts": await self._counts(((_eq("session_id", s.session_id),),))}
@@ -250,7 +358,9 @@ class AdminGui:
         partitions = [
             {
                 "partition_id": p.partition_id,
-                "counts": await self._counts(((_eq("opt_partition_id", p.partition_id),),)),
+                "counts": await self._counts(
+                    visible.within(((_eq("opt_partition_id", p.partition_id),),))
+                ),
             }
             for p in await self._partitions()
         ]
@@ -264,7 +374,7 @@ class AdminGui:
         ]
         if scope:
             ended = await self.tasks.count_ended_by_interval(
-                tuple((_eq("session_id", s),) for s in scope), since, interval
+                visible.within(tuple((_eq("session_id", s),) for s in scope)), since, interval
             )
             for k, status, n in ended:
                 if 0 <= k < len(buckets):
@@ -273,7 +383,7 @@ class AdminGui:
         return web.json_response(
             {
                 "now": stamp,
-                "totals": await self._counts(MATCH_ALL),
+                "totals": await self._counts(visible.within(MATCH_ALL)),
                 "session_total": session_total,
                 "sessions": sessions,
                 "partitions": partitions,
@@ -286,7 +396,8 @@ class AdminGui:
         if text := _text(request, "q"):
             conditions.append(Condition("session_id", Kind.STRING, Op.CONTAINS, text))
         statuses = [_status(s) for s in _statuses(SessionStatus, _text(request, "status"))]
-        query = _list_query(request, _dnf(conditions, statuses), SESSION_SORTS, "created_at")
+        where = _visible(request).sessions(_dnf(conditions, statuses))
+        query = _list_query(request, where, SESSION_SORTS, "created_at")
         sessions, total = await self.sessions.list_page(query)
         items = [
             {**session_json(s), "counts": await self._counts(((_eq("session_id", s.session_id),),))}
@@ -295,11 +406,13 @@ class AdminGui:
         return web.json_response(_page(items, total, query))
 
     async def session_action(self, request: web.Request) -> web.Response:
-        action = request.match_info["action"]
+        action, session_id = request.match_info["action"], request.match_info["session_id"]
         if action not in SESSION_ACTIONS:
             raise NotFound(f"no session action {action!r}")
+        await self.auth.check(request, SESSION_ACTIONS[action])
+        await self._check_session(request, session_id, f"Session {session_id}")
         method: Callable[[str], Awaitable[Session]] = getattr(self.sessions, action)
-        session = await method(request.match_info["session_id"])
+        session = await method(session_id)
         return web.json_response({"session": session_json(session)})
 
     async def list_tasks(self, request: web.Request) -> web.Response:
@@ -319,16 +432,19 @@ class AdminGui:
             if value := _text(request, name):
                 conditions.append(Condition(column, Kind.STRING, Op.CONTAINS, value))
         statuses = [_status(s) for s in _statuses(TaskStatus, _text(request, "status"))]
-        query = _list_query(request, _dnf(conditions, statuses), TASK_SORTS, "created_at")
+        visible = _visible(request)
+        where = visible.within(_dnf(conditions, statuses))
+        query = _list_query(request, where, TASK_SORTS, "created_at")
         tasks, total = await self.tasks.list_page(query)
         answer = _page([task_json(t) for t in tasks], total, query)
         if scope:
-            answer["counts"] = await self._counts((tuple(scope),))
+            answer["counts"] = await self._counts(visible.within((tuple(scope),)))
         return web.json_response(answer)
 
     async def task(self, request: web.Request) -> web.Response:
         """A task with its attempts, ancestors, children (not its retries) and results."""
         task = await self.tasks.get(request.match_info["task_id"])
+        await self._check_session(request, task.session_id, f"Task {task.task_id}")
         attempts, _ = await self.tasks.list_page(
             ListQuery(
                 filter=((_eq("initial_task_id", task.initial_task_id),),),
@@ -380,12 +496,14 @@ class AdminGui:
         if text := _text(request, "q"):
             conditions.append(Condition("name", Kind.STRING, Op.CONTAINS, text))
         statuses = [_status(s) for s in _statuses(ResultStatus, _text(request, "status"))]
-        query = _list_query(request, _dnf(conditions, statuses), RESULT_SORTS, "created_at")
+        where = _visible(request).within(_dnf(conditions, statuses))
+        query = _list_query(request, where, RESULT_SORTS, "created_at")
         results, total = await self.results.list_page(query)
         return web.json_response(_page([result_json(r) for r in results], total, query))
 
     async def download(self, request: web.Request) -> web.StreamResponse:
         result = await self.results.get(request.match_info["result_id"])
+        await self._check_session(request, result.session_id, f"Result {result.result_id}")
         chunks = (await self.results.download(result.session_id, result.result_id)).__aiter__()
         first = await anext(chunks, b"")  # a missing blob fails here, before any byte is sent
         filename = re.sub(r"[^A-Za-z0-9._-]", "_", result.name or result.result_id)
@@ -406,7 +524,9 @@ class AdminGui:
         items = [
             {
                 **p.to_row(),
-                "counts": await self._counts(((_eq("opt_partition_id", p.partition_id),),)),
+                "counts": await self._counts(
+                    _visible(request).within(((_eq("opt_partition_id", p.partition_id),),))
+                ),
             }
             for p in await self._partitions()
         ]

@@ -205,8 +205,44 @@ CREATE TABLE IF NOT EXISTS unqueued (
 );
 """
 
+# Users, roles, client certificates and HTTP tokens (ArmoniK's data model, reference
+# armonik-auth.md §3), and the user who created each session.
+_AUTHENTICATION = """
+ALTER TABLE sessions ADD COLUMN IF NOT EXISTS created_by_user {text} NOT NULL DEFAULT '';
+CREATE INDEX IF NOT EXISTS sessions_created_by_user ON sessions (created_by_user);
+
+CREATE TABLE IF NOT EXISTS auth_roles (
+    role_id INTEGER PRIMARY KEY,
+    name {text} NOT NULL UNIQUE,
+    permissions JSONB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS auth_users (
+    user_id INTEGER PRIMARY KEY,
+    username {text} NOT NULL UNIQUE,
+    roles JSONB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS auth_certificates (
+    auth_id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL,
+    cn {text} NOT NULL,
+    fingerprint {text}
+);
+CREATE UNIQUE INDEX IF NOT EXISTS auth_certificates_cn_fingerprint
+    ON auth_certificates (cn, fingerprint);
+CREATE UNIQUE INDEX IF NOT EXISTS auth_certificates_cn_only
+    ON auth_certificates (cn) WHERE fingerprint IS NULL;
+CREATE INDEX IF NOT EXISTS auth_certificates_user ON auth_certificates (user_id);
+CREATE TABLE IF NOT EXISTS auth_tokens (
+    name {text} PRIMARY KEY,
+    user_id INTEGER NOT NULL,
+    token_hash {text} NOT NULL UNIQUE,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS auth_tokens_user ON auth_tokens (user_id);
+"""
+
 # Schema migrations, applied in order, each once (recorded in schema_version). Append only.
-MIGRATIONS: list[str] = [_TABLES + _LOG_FUNCTIONS + _LOG_TRIGGERS, _UNQUEUED]
+MIGRATIONS: list[str] = [_TABLES + _LOG_FUNCTIONS + _LOG_TRIGGERS, _UNQUEUED, _AUTHENTICATION]
 
 # What a connection attempt raises when the server is down, unknown, or refuses us.
 _UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)

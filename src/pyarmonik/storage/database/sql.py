@@ -10,6 +10,7 @@ import json
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar, cast
 
+from pyarmonik.domain.auth import Certificate, Role, Token, User
 from pyarmonik.domain.errors import InvalidArgument
 from pyarmonik.domain.filters import MATCH_ALL, Filter, ListQuery, SqlDialect, order_by_sql, to_sql
 from pyarmonik.domain.records import (
@@ -103,6 +104,21 @@ def _decode(row: Row) -> Row:
 
 def _records(kind: type[R], rows: list[Row]) -> list[R]:
     return [cast(R, kind.from_row(_decode(row))) for row in rows]
+
+
+_AUTH_KEYS = {"auth_roles": "role_id", "auth_users": "user_id", "auth_certificates": "auth_id"}
+
+
+def _json_list(value: Any) -> list[Any]:
+    return list(json.loads(value) if isinstance(value, str) else value)
+
+
+def _user(row: Row) -> User:
+    return User(row["user_id"], row["username"], tuple(_json_list(row["roles"])))
+
+
+def _certificate(row: Row) -> Certificate:
+    return Certificate(row["auth_id"], row["user_id"], row["cn"], row["fingerprint"])
 
 
 def _is_many(value: Any) -> bool:
@@ -461,6 +477,144 @@ class Repository:
 
     async def prune_changes(self, before: float) -> int:
         return await self.connection.execute("DELETE FROM changes WHERE at < ?", [before])
+
+    # -- authentication: roles, users, certificates, tokens -----------------------------------
+
+    async def lock_authentication(self) -> None:
+        """Serialise the transactions that change the authentication tables: each reads them
+        to choose ids (PostgreSQL: a self-exclusive table lock, readers unaffected; SQLite
+        serialises writers already)."""
+        if self.lock_suffix:
+            await self.connection.execute("LOCK TABLE auth_roles IN SHARE ROW EXCLUSIVE MODE")
+
+    async def roles(self, role_ids: Sequence[int] | None = None) -> list[Role]:
+        """Every role, or those of these ids, by id."""
+        if role_ids is None:
+            rows = await self.connection.fetch("SELECT * FROM auth_roles ORDER BY role_id")
+        elif not role_ids:
+            return []
+        else:
+            rows = await self.connection.fetch(
+                f"SELECT * FROM auth_roles WHERE role_id IN ({','.join('?' * len(role_ids))}) "
+                "ORDER BY role_id",
+                list(role_ids),
+            )
+        return [Role(r["role_id"], r["name"], tuple(_json_list(r["permissions"]))) for r in rows]
+
+    async def put_role(self, role: Role) -> None:
+        """Create or replace the role of this id."""
+        await self.connection.execute(
+            "INSERT INTO auth_roles (role_id, name, permissions) VALUES (?, ?, ?) "
+            "ON CONFLICT (role_id) DO UPDATE SET name = excluded.name, "
+            "permissions = excluded.permissions",
+            [role.role_id, role.name, json.dumps(list(role.permissions))],
+        )
+
+    async def delete_role(self, role_id: int) -> int:
+        return await self.connection.execute("DELETE FROM auth_roles WHERE role_id = ?", [role_id])
+
+    async def users(self, user_id: int | None = None, username: str | None = None) -> list[User]:
+        """Every user, or the one of this id, or of this name."""
+        where: Where = {}
+        if user_id is not None:
+            where = {"user_id": user_id}
+        elif username is not None:
+            where = {"username": username}
+        sql, params = where_sql(where)
+        rows = await self.connection.fetch(
+            f"SELECT * FROM auth_users WHERE {sql} ORDER BY user_id", params
+        )
+        return [_user(row) for row in rows]
+
+    async def put_user(self, user: User) -> None:
+        """Create or replace the user of this id."""
+        await self.connection.execute(
+            "INSERT INTO auth_users (user_id, username, roles) VALUES (?, ?, ?) "
+            "ON CONFLICT (user_id) DO UPDATE SET username = excluded.username, "
+            "roles = excluded.roles",
+            [user.user_id, user.username, json.dumps(list(user.roles))],
+        )
+
+    async def delete_user(self, user_id: int) -> int:
+        """Delete a user with its certificates and tokens."""
+        await self.connection.execute("DELETE FROM auth_certificates WHERE user_id = ?", [user_id])
+        await self.connection.execute("DELETE FROM auth_tokens WHERE user_id = ?", [user_id])
+        return await self.connection.execute("DELETE FROM auth_users WHERE user_id = ?", [user_id])
+
+    async def certificates(self) -> list[Certificate]:
+        rows = await self.connection.fetch("SELECT * FROM auth_certificates ORDER BY auth_id")
+        return [_certificate(row) for row in rows]
+
+    async def certificate(self, cn: str, fingerprint: str | None) -> Certificate | None:
+        """The certificate entry of exactly this CN and fingerprint (None: the CN-only one)."""
+        if fingerprint is None:
+            sql, params = "cn = ? AND fingerprint IS NULL", [cn]
+        else:
+            sql, params = "cn = ? AND fingerprint = ?", [cn, fingerprint]
+        rows = await self.connection.fetch(f"SELECT * FROM auth_certificates WHERE {sql}", params)
+        return _certificate(rows[0]) if rows else None
+
+    async def put_certificate(self, certificate: Certificate) -> None:
+        """Create or replace the certificate entry of this id."""
+        await self.connection.execute(
+            "INSERT INTO auth_certificates (auth_id, user_id, cn, fingerprint) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (auth_id) DO UPDATE SET "
+            "user_id = excluded.user_id, cn = excluded.cn, fingerprint = excluded.fingerprint",
+            [certificate.auth_id, certificate.user_id, certificate.cn, certificate.fingerprint],
+        )
+
+    async def delete_certificate(self, auth_id: int) -> int:
+        return await self.connection.execute(
+            "DELETE FROM auth_certificates WHERE auth_id = ?", [auth_id]
+        )
+
+    async def certificate_user(self, cn: str, fingerprint: str) -> User | None:
+        """ArmoniK's lookup: the entry of this CN with this fingerprint, else its CN-only
+        entry; only that first entry counts, and None when its user does not exist."""
+        rows = await self.connection.fetch(
+            "SELECT u.user_id, u.username, u.roles FROM auth_certificates c "
+            "LEFT JOIN auth_users u ON u.user_id = c.user_id "
+            "WHERE c.cn = ? AND (c.fingerprint = ? OR c.fingerprint IS NULL) "
+            "ORDER BY c.fingerprint IS NULL LIMIT 1",
+            [cn, fingerprint],
+        )
+        return _user(rows[0]) if rows and rows[0]["user_id"] is not None else None
+
+    async def next_auth_id(self, table: str) -> int:
+        """One more than the largest id of an authentication table (0 when empty)."""
+        column = _AUTH_KEYS[table]
+        rows = await self.connection.fetch(
+            f"SELECT COALESCE(MAX({column}), -1) + 1 AS n FROM {table}"
+        )
+        return int(rows[0]["n"])
+
+    async def insert_token(self, name: str, user_id: int, token_hash: str, at: float) -> None:
+        await self.connection.execute(
+            "INSERT INTO auth_tokens (name, user_id, token_hash, created_at) VALUES (?, ?, ?, ?)",
+            [name, user_id, token_hash, at],
+        )
+
+    async def tokens(self, name: str | None = None) -> list[Token]:
+        """Every token (or the one of this name), without its hash."""
+        where, params = ("WHERE t.name = ?", [name]) if name is not None else ("", [])
+        rows = await self.connection.fetch(
+            "SELECT t.name, t.user_id, COALESCE(u.username, '') AS username, t.created_at "
+            f"FROM auth_tokens t LEFT JOIN auth_users u ON u.user_id = t.user_id {where} "
+            "ORDER BY t.created_at, t.name",
+            params,
+        )
+        return [Token(r["name"], r["user_id"], r["username"], r["created_at"]) for r in rows]
+
+    async def token_user(self, token_hash: str) -> User | None:
+        rows = await self.connection.fetch(
+            "SELECT u.user_id, u.username, u.roles FROM auth_tokens t "
+            "JOIN auth_users u ON u.user_id = t.user_id WHERE t.token_hash = ?",
+            [token_hash],
+        )
+        return _user(rows[0]) if rows else None
+
+    async def delete_token(self, name: str) -> int:
+        return await self.connection.execute("DELETE FROM auth_tokens WHERE name = ?", [name])
 
     # -- helpers ----------------------------------------------------------------------------
 

@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     opt_application_namespace TEXT, opt_application_service TEXT, opt_engine_type TEXT,
     opt_options TEXT,
     created_at REAL, cancelled_at REAL, closed_at REAL, purged_at REAL, deleted_at REAL,
-    duration REAL
+    duration REAL,
+    created_by_user TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS sessions_status ON sessions (status);
 CREATE INDEX IF NOT EXISTS sessions_created_at ON sessions (created_at);
@@ -126,6 +127,36 @@ CREATE TABLE IF NOT EXISTS unqueued (
     since REAL NOT NULL
 );
 
+-- Users, roles, client certificates and HTTP tokens (ArmoniK's data model); lists are JSON.
+CREATE TABLE IF NOT EXISTS auth_roles (
+    role_id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    permissions TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS auth_users (
+    user_id INTEGER PRIMARY KEY,
+    username TEXT NOT NULL UNIQUE,
+    roles TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS auth_certificates (
+    auth_id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL,
+    cn TEXT NOT NULL,
+    fingerprint TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS auth_certificates_cn_fingerprint
+    ON auth_certificates (cn, fingerprint);
+CREATE UNIQUE INDEX IF NOT EXISTS auth_certificates_cn_only
+    ON auth_certificates (cn) WHERE fingerprint IS NULL;
+CREATE INDEX IF NOT EXISTS auth_certificates_user ON auth_certificates (user_id);
+CREATE TABLE IF NOT EXISTS auth_tokens (
+    name TEXT PRIMARY KEY,
+    user_id INTEGER NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS auth_tokens_user ON auth_tokens (user_id);
+
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -174,6 +205,22 @@ BUSY_TIMEOUT = 60.0  # seconds another process may hold the write lock (a huge s
 BATCH_WINDOW = 2
 CHECKPOINT_EVERY = 1.0
 T = TypeVar("T")
+
+
+# Columns added after a table was first released: a file made before gets them at start.
+# (table, column, definition); append only.
+ADDED_COLUMNS = (("sessions", "created_by_user", "TEXT NOT NULL DEFAULT ''"),)
+
+
+def _add_missing_columns(connection: sqlite3.Connection) -> None:
+    for table, column, definition in ADDED_COLUMNS:
+        present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    # Indexes on added columns: only once the column exists.
+    connection.execute(
+        "CREATE INDEX IF NOT EXISTS sessions_created_by_user ON sessions (created_by_user)"
+    )
 
 
 def _is_busy(error: sqlite3.OperationalError) -> bool:
@@ -317,7 +364,9 @@ class SqliteDatabase:
         try:
             connection.execute("PRAGMA journal_mode = WAL")
             # executescript commits whatever is pending first: BEGIN goes inside the script.
-            connection.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+            connection.executescript("BEGIN IMMEDIATE;" + SCHEMA)
+            _add_missing_columns(connection)
+            connection.execute("COMMIT")
         finally:
             connection.close()
 

@@ -1,6 +1,9 @@
 "use strict";
 // The pyarmonik admin GUI. One document for every page: the view of the URL draws its filters
 // once, then its data from the JSON API, redrawn every second while "live" is on.
+// It first asks /api/me who it runs as: with authentication on and no client certificate it
+// asks for a token (kept in sessionStorage, sent as a Bearer header), and it offers only the
+// actions the user's permissions allow (the server checks them again).
 
 const TASK_STATUSES = ["CREATING", "PENDING", "SUBMITTED", "DISPATCHED", "PROCESSING", "PAUSED",
   "CANCELLING", "COMPLETED", "ERROR", "TIMEOUT", "CANCELLED", "RETRIED"];
@@ -14,6 +17,17 @@ const ACTIONS = {
   delete: ["RUNNING", "PAUSED", "CLOSED", "CANCELLED", "PURGED"],
 };
 const DESTRUCTIVE = ["cancel", "purge", "delete"];
+// The permission of the rpc doing what an action or a page does (control/gui/__init__.py).
+const ACTION_PERMISSIONS = {
+  pause: "Sessions:PauseSession", resume: "Sessions:ResumeSession", close: "Sessions:CloseSession",
+  cancel: "Sessions:CancelSession", purge: "Sessions:PurgeSession", delete: "Sessions:DeleteSession",
+};
+const PAGE_PERMISSIONS = {
+  "/": "Tasks:CountTasksByStatus", "/sessions": "Sessions:ListSessions", "/tasks": "Tasks:ListTasks",
+  "/results": "Results:ListResults", "/partitions": "Partitions:ListPartitions", "/agents": "Partitions:ListPartitions",
+};
+const DOWNLOAD = "Results:DownloadResultData";
+const TOKEN_KEY = "pyarmonik-token";
 // A task's path: [label, start field, end field] (the spans of observability/tracing.py).
 const STAGES = [["dependencies", "created_at", "submitted_at"], ["queue", "submitted_at", "received_at"],
   ["acquire", "received_at", "acquired_at"], ["prefetch", "acquired_at", "fetched_at"],
@@ -24,7 +38,9 @@ const $main = document.getElementById("main");
 const $live = document.getElementById("live");
 const $updated = document.getElementById("updated");
 const $flash = document.getElementById("flash");
-const state = { generation: 0, timer: 0, data: null, view: null };
+const $user = document.getElementById("user");
+// me: the answer of /api/me; claims: the lowercased `Service:Name` of its permissions.
+const state = { generation: 0, timer: 0, data: null, view: null, me: null, claims: new Set(), login: false };
 
 // -- helpers --------------------------------------------------------------------------------
 
@@ -39,11 +55,95 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+// -- who am I -------------------------------------------------------------------------------
+
+const token = () => sessionStorage.getItem(TOKEN_KEY);
+
+function withToken(headers) {
+  const t = token();
+  return t ? { ...headers, Authorization: "Bearer " + t } : { ...headers };
+}
+
+// Whether the user holds a permission (names compare without case, targets ignored, as on the server).
+const can = (permission) => state.claims.has(permission.toLowerCase());
+
 async function api(path, options) {
-  const response = await fetch(path, options);
+  const response = await fetch(path, { ...options, headers: withToken((options || {}).headers) });
   const body = await response.json().catch(() => ({ error: response.statusText }));
+  if (response.status === 401) {  // token revoked, user removed: log in again
+    sessionStorage.removeItem(TOKEN_KEY);
+    login(body.error);
+  }
   if (!response.ok) throw new Error(body.error || response.statusText);
   return body;
+}
+
+// Downloads carry the token too: fetched, then saved from memory.
+async function download(event, href, name) {
+  if (!token()) return;  // no token: the browser's own download (certificate or no authentication)
+  event.preventDefault();
+  try {
+    const response = await fetch(href, { headers: withToken({}) });
+    if (!response.ok) throw new Error((await response.json().catch(() => ({}))).error || response.statusText);
+    const url = URL.createObjectURL(await response.blob());
+    h("a", { href: url, download: name }).click();
+    setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  } catch (error) { flash(`download: ${error.message}`); }
+}
+
+function showUser() {
+  const me = state.me;
+  for (const a of document.querySelectorAll("nav a")) a.hidden = !can(PAGE_PERMISSIONS[a.getAttribute("href")]);
+  if (!me || !me.authenticated) return $user.replaceChildren();
+  $user.replaceChildren(h("span", { id: "username", title: me.roles.length ? "roles: " + me.roles.join(", ") : "" }, me.username),
+    me.via === "token" ? h("a", { href: "#", id: "logout", onclick: (e) => { e.preventDefault(); logout(); } }, "log out") : null);
+}
+
+function login(error) {
+  state.login = true;
+  ++state.generation;  // a refresh under way draws nothing now
+  clearTimeout(state.timer);
+  state.me = null;
+  state.claims = new Set();
+  showUser();
+  document.title = "Log in · pyarmonik";
+  const input = h("input", { id: "token", type: "password", autocomplete: "off", placeholder: "token", required: true });
+  $main.replaceChildren(h("form", { class: "login", id: "login", onsubmit: (e) => {
+    e.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+    start();
+  } }, h("h1", {}, "Log in"),
+  h("p", { class: "muted" }, "This cluster requires authentication. Paste a token (",
+    h("code", {}, "pyarmonik auth token USER"), "), or open the page with a client certificate."),
+  error ? h("p", { class: "error", id: "login-error" }, error) : null,
+  input, h("button", { type: "submit" }, "Log in")));
+  flash("");
+  input.focus();
+}
+
+function logout() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  login("");
+}
+
+async function start() {
+  let me = null;
+  try {
+    const response = await fetch("/api/me", { headers: withToken({}) });
+    me = await response.json();
+  } catch (error) { flash(`who am I: ${error.message}`); }
+  if (me && me.authentication_required && !me.authenticated) {
+    const tried = token() != null;  // a rejected token is forgotten; no token is no error
+    sessionStorage.removeItem(TOKEN_KEY);
+    return login(tried ? me.error : "");
+  }
+  state.me = me;
+  state.login = false;
+  // Without an answer, offer everything as before: the server refuses what it must.
+  const permissions = me ? me.permissions : Object.values(ACTION_PERMISSIONS).concat(Object.values(PAGE_PERMISSIONS), [DOWNLOAD]);
+  state.claims = new Set(permissions.map((p) => p.split(":").slice(0, 2).join(":").toLowerCase()));
+  showUser();
+  render();
 }
 
 function flash(message) {
@@ -190,7 +290,7 @@ function chart(throughput) {
 }
 
 function sessionActions(s) {
-  return Object.entries(ACTIONS).map(([action, allowed]) => h("button", {
+  return Object.entries(ACTIONS).filter(([action]) => can(ACTION_PERMISSIONS[action])).map(([action, allowed]) => h("button", {
     class: DESTRUCTIVE.includes(action) ? "danger" : "", "data-action": action, disabled: !allowed.includes(s.status),
     onclick: async () => {
       if (DESTRUCTIVE.includes(action) && !confirm(`${action} session ${s.session_id}?`)) return;
@@ -292,8 +392,13 @@ function resultsTable(items, withRole) {
   items.map((r) => h("tr", { "data-result": r.result_id }, h("td", {}, r.name), h("td", { class: "mono" }, r.result_id),
     h("td", {}, withRole ? r.role : r.owner_task_id && r.owner_task_id !== r.session_id ? taskLink(r.owner_task_id) : ""),
     h("td", {}, badge(r.status)), h("td", { class: "num" }, r.size.toLocaleString()), h("td", {}, time(r.completed_at)),
-    h("td", {}, r.status === "COMPLETED" ? h("a", { href: path("/api/results/", r.result_id) + "/data", download: r.name || r.result_id }, "download") : ""))),
+    h("td", {}, r.status === "COMPLETED" && can(DOWNLOAD) ? downloadLink(r) : ""))),
   { id: "results-table" });
+}
+
+function downloadLink(r) {
+  const href = path("/api/results/", r.result_id) + "/data", name = r.name || r.result_id;
+  return h("a", { href, download: name, onclick: (e) => download(e, href, name) }, "download");
 }
 
 const results = {
@@ -352,6 +457,7 @@ function render() {
 }
 
 async function refresh() {
+  if (state.login) return;  // logged out: nothing to draw until logged in again
   const generation = ++state.generation;
   clearTimeout(state.timer);
   const [view, id] = state.view;
@@ -374,10 +480,10 @@ function tick() {
 
 document.addEventListener("click", (event) => {
   const a = event.target.closest("a");
-  if (!a || a.hasAttribute("download") || a.origin !== location.origin || event.ctrlKey || event.metaKey || event.shiftKey) return;
+  if (!a || event.defaultPrevented || a.hasAttribute("download") || a.origin !== location.origin || event.ctrlKey || event.metaKey || event.shiftKey) return;
   event.preventDefault();
   history.pushState(null, "", a.href);
   render();
 });
-window.addEventListener("popstate", render);
-render();
+window.addEventListener("popstate", () => { if (!state.login) render(); });
+start();
