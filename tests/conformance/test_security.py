@@ -17,8 +17,8 @@ from typing import Any
 
 import grpc
 import pytest
-from armonik.client import ArmoniKResults, ArmoniKSessions
-from armonik.common import TaskOptions, create_channel
+from armonik.client import ArmoniKResults, ArmoniKSessions, ArmoniKTasks
+from armonik.common import TaskDefinition, TaskOptions, create_channel
 from armonik.protogen.client.auth_service_pb2_grpc import AuthenticationStub
 from armonik.protogen.common import auth_common_pb2
 
@@ -327,6 +327,9 @@ def test_session_isolation(secured: Secured, admin_data: tuple[str, str]) -> Non
         assert code(lambda: results.get_result(result_id)) == not_found
         assert code(lambda: results.download_result_data(result_id, session_id)) == not_found
         assert code(lambda: results.create_results_metadata(["x"], session_id)) == not_found
+        definition = TaskDefinition(payload_id=result_id, expected_output_ids=[result_id])
+        submit = ArmoniKTasks(channel).submit_tasks
+        assert code(lambda: submit(session_id, [definition])) == not_found
         assert code(lambda: first_event(channel, session_id)) == not_found
         _, visible = results.list_results()
         assert result_id not in {r.result_id for r in visible}
@@ -375,3 +378,18 @@ def test_the_official_cli_over_mutual_tls(secured: Secured) -> None:
     refused = subprocess.run([*base, "session", "list"], capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0
     assert "Traceback" not in refused.stderr
+
+
+def test_the_sdk_connects_over_mutual_tls(secured: Secured) -> None:
+    from pyarmonik import Cluster
+
+    cert, key, _ = secured.users["admin"]
+    with Cluster.connect(
+        f"https://{secured.plane.endpoint}",
+        certificate_authority=str(secured.pki.ca),
+        client_certificate=str(cert),
+        client_key=str(key),
+    ) as cluster:
+        session_id = cluster.session.id
+    with secured.channel("admin") as channel:
+        assert ArmoniKSessions(channel).get_session(session_id).session_id == session_id

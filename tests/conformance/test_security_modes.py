@@ -164,3 +164,18 @@ def test_bad_tls_files_stop_the_start(ca: Path, tmp_path: Path, case: str) -> No
     assert started.returncode == 2
     errors = [line for line in started.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], started.stderr
+
+
+def test_an_auth_file_naming_an_unknown_role_stops_the_start(tmp_path: Path) -> None:
+    auth_file = tmp_path / "auth.json"
+    auth_file.write_text(json.dumps({"users_list": [{"Username": "u", "Roles": ["Nowhere"]}]}))
+    started = subprocess.run(
+        [*PYARMONIK, "control", "--port", "0", "--http-port", "0", "--data-dir", str(tmp_path),
+         "--auth-file", str(auth_file)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert started.returncode == 2
+    errors = [line for line in started.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(auth_file) in errors[0] and "Nowhere" in errors[0], (
+        started.stderr
+    )

@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 
 from pyarmonik.config import Settings
-from pyarmonik.domain.auth import ALL_SESSIONS, ANONYMOUS, PERMISSIONS, Identity
+from pyarmonik.domain.auth import ANONYMOUS, PERMISSIONS, Identity
 from pyarmonik.domain.errors import ArmoniKError, PermissionDenied
 from pyarmonik.scheduling.auth import AuthStore
 
@@ -69,11 +69,6 @@ def permission_of(method: str) -> str | None:
         return None
     permission = f"{prefix}:{rpc}"
     return SUBSTITUTES.get(permission, permission)
-
-
-def sees_every_session(identity: Identity, settings: Settings) -> bool:
-    """Whether session isolation lets this caller see sessions it did not create."""
-    return not settings.session_isolation or identity.holds(ALL_SESSIONS)
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,8 @@
 certificate headers it sets), or a bearer token issued by `pyarmonik auth token` (a browser
 without a certificate logs in with one).
 
-With session isolation on, what a caller may see is narrowed by `Visibility`, as
-control/isolation.py does for the gRPC servicers: sessions it created, their tasks and
-results; anything else answers NOT_FOUND, as if it did not exist.
+With session isolation on, what a caller may see is narrowed by control/isolation.py's
+`Visibility`, as for the gRPC servicers.
 """
 
 from __future__ import annotations
@@ -15,10 +14,9 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from pyarmonik.config import Settings
-from pyarmonik.control.auth import Authenticator, Credentials, Unauthenticated, sees_every_session
+from pyarmonik.control.auth import Authenticator, Credentials, Unauthenticated
+from pyarmonik.control.isolation import Visibility
 from pyarmonik.domain.auth import ANONYMOUS, Identity
-from pyarmonik.domain.errors import NotFound
-from pyarmonik.domain.filters import Condition, Filter, Kind, Op, and_filters
 
 CERTIFICATE, TOKEN = "certificate", "token"
 
@@ -124,35 +122,5 @@ class HttpAuth:
         return identity
 
     def visibility(self, identity: Identity) -> Visibility:
-        """What session isolation lets `identity` see (everything without authentication:
-        sessions have no recorded creator then)."""
-        if not self.required or sees_every_session(identity, self.settings):
-            return Visibility(None)
-        return Visibility(identity.username)
-
-
-@dataclass(frozen=True)
-class Visibility:
-    """Sessions a caller may see: those created by `user`, or all (user None)."""
-
-    user: str | None
-
-    def sessions(self, where: Filter) -> Filter:
-        """`where` on the sessions table, narrowed to the visible sessions."""
-        if self.user is None:
-            return where
-        return and_filters(where, ((Condition("created_by_user", Kind.STRING, Op.EQ, self.user),),))
-
-    def within(self, where: Filter) -> Filter:
-        """`where` on a table with a `session_id` column, narrowed to the visible sessions."""
-        if self.user is None:
-            return where
-        return and_filters(
-            where, ((Condition("session_id", Kind.SESSION_OWNER, Op.EQ, self.user),),)
-        )
-
-    def check(self, session_created_by: str, what: str) -> None:
-        """NotFound (named `what`) when the session is not visible: another user's session
-        answers as an unknown one would."""
-        if self.user is not None and session_created_by != self.user:
-            raise NotFound(f"{what} not found")
+        """What session isolation lets `identity` see."""
+        return Visibility.of(identity, self.settings) if self.required else Visibility(None)

@@ -24,7 +24,8 @@ from aiohttp import web
 from pyarmonik.config import DEFAULT_CHUNK_SIZE, Settings
 from pyarmonik.control.auth import Unauthenticated
 from pyarmonik.control.gui.agents import AgentDirectory
-from pyarmonik.control.httpauth import HttpAuth, Visibility
+from pyarmonik.control.httpauth import HttpAuth
+from pyarmonik.control.isolation import Visibility
 from pyarmonik.domain.errors import (
     ArmoniKError,
     FailedPrecondition,
