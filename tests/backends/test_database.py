@@ -925,3 +925,19 @@ async def check_listener_reconnects(store: Backend) -> None:
     assert not waiter.done()
     await insert(other, make_task("t1"))
     await asyncio.wait_for(waiter, 2)
+
+
+async def test_insert_with_replace_is_an_upsert(database: Database) -> None:
+    """Control planes starting together register the same partitions at the same moment."""
+
+    async def register(priority: int) -> None:
+        async with database.write() as repository:
+            await repository.insert(
+                [Partition("shared", priority=priority), Partition("other")], replace=True
+            )
+
+    await asyncio.gather(*(register(priority) for priority in range(1, 5)))
+    async with database.read() as repository:
+        shared = await repository.get(Partition, "shared")
+        assert shared is not None and shared.priority in range(1, 5)
+        assert len(await repository.find(Partition, {"partition_id": ["shared", "other"]})) == 2

@@ -33,7 +33,6 @@ from pyarmonik.control.tasks import Tasks
 from pyarmonik.control.tls import TlsFiles
 from pyarmonik.control.watch import ResultWatcher
 from pyarmonik.domain.errors import Unavailable
-from pyarmonik.domain.records import Partition
 from pyarmonik.observability import tracing
 from pyarmonik.scheduling.auth import (
     AuthStore,
@@ -188,11 +187,9 @@ class ControlPlane:
 
     async def _register_partitions(self) -> None:
         partitions = self.backends.partitions
+        # An upsert: replicas starting together register the same partitions at once.
         async with self.backends.database.write() as repository:
-            await repository.delete(
-                Partition, {"partition_id": [p.partition_id for p in partitions]}
-            )
-            await repository.insert(partitions)
+            await repository.insert(partitions, replace=True)
 
     async def wait(self) -> None:
         if self.server is not None:

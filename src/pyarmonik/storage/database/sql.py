@@ -172,8 +172,9 @@ class Repository:
 
     # -- generic record access -------------------------------------------------------------
 
-    async def insert(self, records: Sequence[Record]) -> None:
-        """Insert records of one type."""
+    async def insert(self, records: Sequence[Record], replace: bool = False) -> None:
+        """Insert records of one type; with `replace`, a record whose key exists replaces it
+        (one statement: concurrent writers of the same records cannot collide)."""
         if not records:
             return
         first = records[0].to_row()
@@ -182,6 +183,10 @@ class Repository:
             f"INSERT INTO {records[0].TABLE} ({','.join(columns)}) "
             f"VALUES ({','.join('?' * len(columns))})"
         )
+        if replace:
+            key = records[0].KEY
+            updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != key)
+            sql += f" ON CONFLICT ({key}) DO UPDATE SET {updates}"
         rows = [first, *(r.to_row() for r in records[1:])]
         await self.connection.executemany(
             sql, [tuple(_encode(c, row[c]) for c in columns) for row in rows]
