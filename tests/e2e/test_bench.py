@@ -3,6 +3,7 @@ prints its figures."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
@@ -39,3 +40,45 @@ def test_ceiling_bench_drives_every_pair() -> None:
     assert report["agents"] == "2"
     assert report["tasks"] == "40"  # split evenly over the pairs
     assert float(report["tasks_per_second"]) > 0
+
+
+NOT_INSTALLED = "not installed (pip install -e '.[bench]')"
+
+
+@pytest.mark.parametrize("hidden", ["ray", "dask"])
+def test_compare_prints_one_table(hidden: str) -> None:
+    """`bench compare` on tiny sizes: pyarmonik always measured; `hidden` made impossible to
+    import, so its column says how to install it; the other peer measured when installed."""
+    module = {"ray": "ray", "dask": "distributed"}
+    blocker = (
+        f"import sys; sys.modules[{module[hidden]!r}] = None; sys.argv[0] = 'pyarmonik'; "
+        "from pyarmonik.cli.main import main; main()"
+    )
+    args = ["--tasks", "20", "--depth", "2", "--round-trips", "5", "--payloads", "3"]
+    done = subprocess.run(
+        [sys.executable, "-c", blocker, "bench", "compare", *args],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    table = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in done.stdout.splitlines()
+        if line.startswith("|") and not line.startswith("|---")
+    ]
+    header, rows = table[0], table[1:]
+    assert [h.split()[0] for h in header] == [
+        "workload", "pyarmonik", "ray", "dask", "pyarmonik/ray", "pyarmonik/dask",
+    ]  # fmt: skip
+    assert len(rows) == 5  # Indep, Graph, round trip p50 and p90, payload
+    other = "dask" if hidden == "ray" else "ray"
+    installed = importlib.util.find_spec(module[other]) is not None
+    column = {name.split()[0]: index for index, name in enumerate(header)}
+    for row in rows:
+        assert float(row[column["pyarmonik"]].replace(",", "")) > 0
+        assert row[column[hidden]] == NOT_INSTALLED
+        assert row[column[f"pyarmonik/{hidden}"]] == "—"
+        if installed:
+            assert float(row[column[other]].replace(",", "")) > 0
+            assert float(row[column[f"pyarmonik/{other}"]].strip("*")) > 0
+        else:
+            assert row[column[other]] == NOT_INSTALLED
+    assert "> 1 meaning pyarmonik is faster" in done.stdout

@@ -32,3 +32,14 @@ def fib_tasks(n: int) -> int:
     for _ in range(n - 1):
         a, b = b, a + b + 2
     return b if n >= 1 else a
+
+
+@task
+def noop(index: int) -> None:
+    """Indep and the round trip: a task that does nothing."""
+
+
+@task
+def length(data: bytes) -> int:
+    """Payload throughput: a task that receives bytes and returns their length."""
+    return len(data)

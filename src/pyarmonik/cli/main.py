@@ -399,6 +399,34 @@ def bench_fib(
         typer.echo(line)
 
 
+@bench_app.command("compare")
+def bench_compare(
+    tasks: Annotated[int, typer.Option(help="Indep: no-op tasks submitted at once.")] = 5000,
+    depth: Annotated[
+        int, typer.Option(help="Graph: depth of the nested fork-join (2^(D+1) - 1 nodes).")
+    ] = 10,
+    round_trips: Annotated[
+        int, typer.Option(help="Round trips of a tiny task, one after the other.")
+    ] = 200,
+    payloads: Annotated[int, typer.Option(help="Tasks given 1 MiB of bytes each.")] = 200,
+    engines: Annotated[
+        str, typer.Option(help="Comma-separated, among pyarmonik, ray, dask.")
+    ] = "pyarmonik,ray,dask",
+) -> None:
+    """The same workloads on pyarmonik's SDK, Ray and Dask in one run (2 workers each), as
+    one table with ratios. Ray and Dask: pip install -e '.[bench]'."""
+    from pyarmonik.bench.compare import ENGINES, Sizes, compare
+
+    chosen = [e.strip() for e in engines.split(",") if e.strip()]
+    unknown = [e for e in chosen if e not in ENGINES]
+    if unknown or not chosen:
+        raise typer.BadParameter(f"engines among {', '.join(ENGINES)}, not {unknown or engines!r}")
+    if min(tasks, depth + 1, round_trips, payloads) < 1:
+        raise typer.BadParameter("sizes must be positive (depth may be 0)")
+    for line in compare(list(dict.fromkeys(chosen)), Sizes(tasks, depth, round_trips, payloads)):
+        typer.echo(line)
+
+
 def main() -> None:
     app()
 

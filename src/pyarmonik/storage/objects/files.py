@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
@@ -26,6 +27,41 @@ from pyarmonik.storage.objects import CHUNK_SIZE, ObjectNotFound, new_opaque_id
 
 INLINE_SIZE = 128 * 1024
 READ_ONLY = 0o444
+# Temporary files are named after their writer (host and process), so that a process killed
+# mid-write can be told from one still writing: see `sweep_dead_writers`.
+_HOST = socket.gethostname().replace(".", "_")  # no dot: the name is split on dots
+_WRITER = f"{_HOST}-{os.getpid()}"
+
+
+def _writer_alive(writer: str) -> bool:
+    """Whether the `<host>-<pid>` that named a temporary file may still be writing it (a
+    process of another host is assumed alive: we cannot look)."""
+    host, _, pid = writer.rpartition("-")
+    if host != _HOST or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def sweep_dead_writers(folder: Path) -> int:
+    """Delete the temporary files that processes of this host left when they died mid-write
+    (kill -9 leaves no time to clean up); how many."""
+    swept = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            parts = entry.name.split(".")
+            # .<name>.<host>-<pid>.<random>.tmp (an owner may put dots in <name>)
+            temporary = entry.name.startswith(".") and len(parts) >= 5 and parts[-1] == "tmp"
+            if temporary and not _writer_alive(parts[-3]):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    swept += 1
+    return swept
 
 
 def _append(handle: BinaryIO | None, path: Path, pieces: list[bytes]) -> BinaryIO:
@@ -69,7 +105,7 @@ async def write_atomically(
 ) -> int:
     """`write_file` through a temporary file renamed at the end: a reader sees the whole
     file or none. `mode`: the file's permissions, if not the default ones."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    temporary = path.with_name(f".{path.name}.{_WRITER}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         size = await write_file(temporary, chunks)
         if mode is not None:
@@ -106,6 +142,7 @@ class FileStorage:
 
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(sweep_dead_writers, self.root)
 
     async def close(self) -> None:
         return None
