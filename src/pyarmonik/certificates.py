@@ -10,6 +10,7 @@ come as PKCS#12 with an empty password, like ArmoniK's generated ones, which the
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import secrets
 
@@ -48,9 +49,12 @@ def load_private_key(data: bytes, what: str = "key") -> rsa.RSAPrivateKey:
     return key
 
 
+@functools.lru_cache(maxsize=1024)
 def cn_and_fingerprint(certificate: bytes) -> tuple[str, str]:
     """The CN of the subject (its first commonName, '' if none) and the fingerprint ArmoniK
-    compares: lowercase hex SHA-1 of the DER bytes, no colons."""
+    compares: lowercase hex SHA-1 of the DER bytes, no colons. Cached: with authentication
+    on, every call presents its peer's certificate, and parsing it costs more than the call's
+    identity lookup (itself cached)."""
     parsed = load_certificate(certificate)
     names = parsed.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     cn = names[0].value if names else ""

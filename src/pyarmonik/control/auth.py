@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from pyarmonik.certificates import cn_and_fingerprint
 from pyarmonik.config import Settings
 from pyarmonik.domain.auth import ANONYMOUS, PERMISSIONS, Identity
 from pyarmonik.domain.errors import ArmoniKError, PermissionDenied
@@ -200,8 +201,6 @@ def peer_address(peer: str) -> str:
 
 def _peer_certificate(context: grpc.aio.ServicerContext) -> tuple[str, str]:
     """CN and fingerprint of the client certificate our TLS verified ('', '' if none)."""
-    from pyarmonik.certificates import cn_and_fingerprint
-
     pems = context.auth_context().get("x509_pem_cert") or []
     if not pems:
         return "", ""
