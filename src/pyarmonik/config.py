@@ -19,6 +19,8 @@ from pyarmonik.domain.errors import InvalidArgument
 from pyarmonik.domain.records import Partition
 
 DEFAULT_CHUNK_SIZE = 2 * 1024 * 1024
+# Measured (storage/objects/inline.py): up to here a row costs less than a file.
+DEFAULT_INLINE_THRESHOLD = 64 * 1024
 
 
 class PartitionSettings(BaseModel):
@@ -70,6 +72,10 @@ class Settings(BaseSettings):
     # Largest gRPC message a client may send the control plane (RESOURCE_EXHAUSTED beyond):
     # data streams are chunked, only inline data (CreateResults) and big batches come near it.
     max_request_size: int = 64 * 1024 * 1024
+    # Blobs of at most this many bytes are stored in the database rather than the object
+    # storage (storage/objects/inline.py); 0: none. `inline_threshold` in the file,
+    # PYARMONIK_INLINE_THRESHOLD.
+    inline_threshold: int = Field(default=DEFAULT_INLINE_THRESHOLD, ge=0)
     log_level: str = "INFO"
     # OpenTelemetry traces over OTLP/gRPC (e.g. http://127.0.0.1:4317); empty: off, unless
     # OTEL_EXPORTER_OTLP_ENDPOINT is set.

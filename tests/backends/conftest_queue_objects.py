@@ -6,6 +6,7 @@ and an in-process moto S3 server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -121,11 +122,22 @@ def s3_endpoint() -> Iterator[str]:
     server.stop()
 
 
-@pytest.fixture(params=["files", "redis", "s3"])
+@pytest.fixture(params=["files", "redis", "s3", "inline-sqlite-files", "inline-postgres-redis"])
 async def object_backend(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[ObjectBackend]:
-    if request.param == "files":
+    async for backend in open_object_backend(request.param, request, tmp_path):
+        yield backend
+
+
+async def open_object_backend(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[ObjectBackend]:
+    """The storage called `name`, started; stopped when the generator is resumed."""
+    if name.startswith("inline-"):
+        async for backend in _inline_backend(name, request, tmp_path):
+            yield backend
+    elif name == "files":
         from pyarmonik.storage.objects.files import FileStorage
 
         root = tmp_path / "objects"
@@ -135,10 +147,10 @@ async def object_backend(
         async def files_left() -> list[str]:
             return sorted(path.name for path in root.iterdir())
 
-        yield ObjectBackend("files", files, files_left)
+        yield ObjectBackend(name, files, files_left)
         await files.close()
 
-    elif request.param == "redis":
+    elif name == "redis":
         require_service("Redis", "127.0.0.1", 6379)
         from pyarmonik.storage.objects.redis import RedisStorage
 
@@ -150,7 +162,7 @@ async def object_backend(
             keys = [key async for key in redis.client.scan_iter(match=f"{prefix}*")]
             return sorted(key.decode() for key in keys)
 
-        yield ObjectBackend("redis", redis, redis_left)
+        yield ObjectBackend(name, redis, redis_left)
         leftover = [key async for key in redis.client.scan_iter(match=f"{prefix}*")]
         if leftover:
             await redis.client.delete(*leftover)
@@ -176,5 +188,39 @@ async def object_backend(
                 + [f"upload:{item.get('Key')}" for item in uploads.get("Uploads", [])]
             )
 
-        yield ObjectBackend("s3", s3, s3_left)
+        yield ObjectBackend(name, s3, s3_left)
         await s3.close()
+
+
+async def _inline_backend(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[ObjectBackend]:
+    """InlineObjects (default threshold) over a database and one of the storages above:
+    `inline-<sqlite|postgres>-<storage>`."""
+    from pyarmonik.config import DEFAULT_INLINE_THRESHOLD
+    from pyarmonik.storage.database import Database
+    from pyarmonik.storage.database.postgres import PostgresDatabase
+    from pyarmonik.storage.database.sqlite import SqliteDatabase
+    from pyarmonik.storage.objects.inline import InlineObjects
+    from tests.backends.conftest import postgres_schema
+
+    _, engine, outer_name = name.split("-", 2)
+    async with contextlib.AsyncExitStack() as stack:
+        database: Database
+        if engine == "sqlite":
+            database = SqliteDatabase(tmp_path / "inline.db")
+        else:
+            database = PostgresDatabase(await stack.enter_async_context(postgres_schema()))
+        await database.start()
+        stack.push_async_callback(database.close)
+        outers = open_object_backend(outer_name, request, tmp_path)
+        outer = await anext(outers)
+        stack.push_async_callback(anext, outers, None)
+        storage = InlineObjects(database, outer.storage, DEFAULT_INLINE_THRESHOLD)
+
+        async def inline_left() -> list[str]:
+            async with database.read() as repository:
+                rows = await repository.connection.fetch("SELECT opaque_id FROM objects")
+            return sorted(await outer.leftovers() + [bytes(r["opaque_id"]).decode() for r in rows])
+
+        yield ObjectBackend(name, storage, inline_left)

@@ -274,7 +274,7 @@ async def test_postgres_schema_of_version_2_is_upgraded() -> None:
             for table in ("auth_roles", "auth_users", "auth_certificates", "auth_tokens"):
                 await repository.connection.execute(f"DROP TABLE {table}")
             await repository.connection.execute("ALTER TABLE sessions DROP COLUMN created_by_user")
-            await repository.connection.execute("DELETE FROM schema_version WHERE version = 3")
+            await repository.connection.execute("DELETE FROM schema_version WHERE version >= 3")
             await repository.connection.execute(
                 "INSERT INTO sessions (session_id, status, client_submission, worker_submission, "
                 "partition_ids) VALUES ('old', 1, true, true, '[]')"

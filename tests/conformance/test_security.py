@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import pytest
 from armonik.client import ArmoniKResults, ArmoniKSessions, ArmoniKTasks
-from armonik.common import TaskDefinition, TaskOptions, create_channel
+from armonik.common import ResultStatus, TaskDefinition, TaskOptions, create_channel
 from armonik.protogen.client.auth_service_pb2_grpc import AuthenticationStub
 from armonik.protogen.common import auth_common_pb2
 
@@ -210,6 +210,18 @@ def first_event(channel: grpc.Channel, session_id: str) -> None:
         pass
 
 
+def first_values(channel: grpc.Channel, session_id: str) -> dict[str, Any]:
+    """pyarmonik's own stream (control/values.py): its first message."""
+    from pyarmonik.control import values
+
+    request = values.encode({"session_id": session_id})
+    stream = channel.unary_stream(values.WATCH)(request, timeout=5)
+    try:
+        return values.decode(next(iter(stream)))
+    finally:
+        stream.cancel()
+
+
 @pytest.fixture(scope="module")
 def admin_data(secured: Secured) -> tuple[str, str]:
     """A session of the admin with a result holding data: (session id, result id)."""
@@ -240,6 +252,11 @@ def test_the_matrix_unary_and_streaming(
         )
         download = code(lambda: ArmoniKResults(channel).download_result_data(result_id, session_id))
         assert download == expected
+        assert code(lambda: first_values(channel, session_id)) == expected
+        if user == "admin":
+            assert first_values(channel, session_id)["results"] == [
+                [result_id, ResultStatus.COMPLETED, b"secret"]
+            ]
 
 
 def test_a_certificate_of_another_ca_is_refused(secured: Secured, tmp_path: Path) -> None:
@@ -265,6 +282,7 @@ def test_half_rights(secured: Secured, admin_data: tuple[str, str]) -> None:
         results = ArmoniKResults(channel)
         assert code(lambda: results.create_results_metadata(["r"], session_id)) == DENIED
         assert code(lambda: first_event(channel, session_id)) == DENIED
+        assert code(lambda: first_values(channel, session_id)) == DENIED
 
 
 def test_impersonation(secured: Secured) -> None:
@@ -331,6 +349,7 @@ def test_session_isolation(secured: Secured, admin_data: tuple[str, str]) -> Non
         submit = ArmoniKTasks(channel).submit_tasks
         assert code(lambda: submit(session_id, [definition])) == not_found
         assert code(lambda: first_event(channel, session_id)) == not_found
+        assert code(lambda: first_values(channel, session_id)) == not_found
         _, visible = results.list_results()
         assert result_id not in {r.result_id for r in visible}
         own = sessions.create_session(OPTIONS)  # B's own work is B's

@@ -4,7 +4,9 @@ completes twice, and the dead attempt leaves no blob behind."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import sqlite3
 import time
 from collections import Counter
 from datetime import timedelta
@@ -87,6 +89,10 @@ def test_agent_killed_at_a_crash_point(tmp_path: Path, backend: str, point: str)
         assert set(completed.values()) == {1}, "no task completed twice"
         assert len(completed) == 4  # the fan-out, its two children and their aggregation
         assert [t.status for t in tasks].count(TaskStatus.ERROR) == 1
-        if backend == EMBEDDED:  # the blobs of a dead attempt are gone
-            stored = {p.name for p in (tmp_path / "data" / "objects").iterdir() if p.is_file()}
+        if backend == EMBEDDED:  # the blobs of a dead attempt are gone (files and rows)
+            data = tmp_path / "data"
+            stored = {p.name for p in (data / "objects").iterdir() if p.is_file()}
+            with contextlib.closing(sqlite3.connect(data / "pyarmonik.db")) as database:
+                rows = database.execute("SELECT opaque_id FROM objects").fetchall()
+            stored |= {bytes(row[0]).decode() for row in rows}
             assert stored == referenced_blobs(channel, session_id)

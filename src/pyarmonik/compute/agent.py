@@ -43,22 +43,32 @@ from pyarmonik.observability.metrics import (
     exposition,
 )
 from pyarmonik.scheduling.backends import Backends, now
-from pyarmonik.scheduling.processing import Acquisition, TaskOutcome, TaskProcessing, Verdict
+from pyarmonik.scheduling.processing import (
+    Acquisition,
+    Success,
+    TaskOutcome,
+    TaskProcessing,
+    Verdict,
+)
 from pyarmonik.storage.database import Repository
 from pyarmonik.storage.queue import QueueMessage
 
 log = logging.getLogger(__name__)
 
 CANCEL_STATUSES = frozenset({TaskStatus.CANCELLING, TaskStatus.CANCELLED})
-# Longest pause between two looks at an empty queue (a table queue is looked at with a read:
-# an idle agent costs next to nothing, and a task that becomes ready waits little).
+# Longest pause between two looks at an empty queue of a broker (whose pull waits already).
 IDLE_POLL = 0.1
+# A table queue is looked at again as soon as the database reports a commit (a task made
+# ready wakes an idle agent at once), else after IDLE_WAIT: messages released with a delay,
+# or whose lease ran out, become visible without any write.
+IDLE_WAIT = 1.0
 # While tasks run shorter than this, the fetch stage takes two at a time from a table queue
 # (one pull-and-acquire transaction for both; other queues gain nothing from it) and keeps
 # the second in reserve; a reserve that waits longer than RESERVE_HOLD (the running task is
 # long after all) is given back for an idle agent.
 SHORT_TASK = 0.05
 RESERVE_HOLD = 0.2
+COMMIT_MAX = 512  # successes committed in one transaction
 
 
 @dataclass
@@ -78,6 +88,9 @@ class AgentSettings:
     # Post-processing is retried this long while a backend is down; then the message is
     # given back and the task recovered (retried) by the next acquisition.
     post_retry_for: float = 120.0
+    # Offer the worker the batched protocol (compute/frames.py); the SDK's function worker
+    # takes it, other workers keep ArmoniK's Worker.Process.
+    batched: bool = True
 
 
 @dataclass
@@ -88,7 +101,7 @@ class Held:
     task: Task
     session: Session
     token: str
-    folder: Path
+    folder: Path | None  # its data folder; None in the batched path (data travels inline)
     fetched_at: float = 0.0
     prepared_at: float = 0.0
     forgotten: bool = False
@@ -129,6 +142,7 @@ class Agent:
             settings.worker_command,
             settings.worker_socket or self.work_dir / "worker.sock",
             self.work_dir / "agent.sock",
+            batch_socket=self.work_dir / "batch.sock" if settings.batched else None,
         )
         self.owner_id = ""
         self.processing: TaskProcessing | None = None
@@ -172,12 +186,21 @@ class Agent:
         finished, the one prefetched is given back."""
         await self.start()
         bind(partition=self.settings.partition_id, agent=self.owner_id)
+        keeper = asyncio.create_task(self._keep_leases(), name="leases")
+        if self.worker.batch is not None:  # the worker speaks the batched protocol
+            from pyarmonik.compute.batch import BatchRunner
+
+            relay = asyncio.create_task(_relay(stop, self._stopping))
+            await BatchRunner(self).run()
+            relay.cancel()
+            keeper.cancel()
+            await self.close()
+            return
         stages = [
             asyncio.create_task(self._fetch_loop(), name="fetch"),
             asyncio.create_task(self._run_loop(), name="run"),
             asyncio.create_task(self._post_loop(), name="post"),
         ]
-        keeper = asyncio.create_task(self._keep_leases(), name="leases")
         watcher = asyncio.create_task(self._watch_cancellations(), name="cancellations")
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stopper, *stages], return_when=asyncio.FIRST_COMPLETED)
@@ -192,7 +215,7 @@ class Agent:
         await self.close()
 
     async def close(self) -> None:
-        await self.worker.stop()
+        await self.worker.close()
         if self._api_server is not None:
             await self._api_server.stop(0)
         if self._client is not None:
@@ -259,8 +282,7 @@ class Agent:
                     messages, taken = [], {}
                     idle = 1.0
                 if not messages:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stopping.wait(), idle)
+                    await self._wait_for_work(idle)
                     idle = min(idle * 2, IDLE_POLL)
                     continue
                 idle = 0.01
@@ -284,6 +306,20 @@ class Agent:
             await self._give_back_reserve()
             await self._give_back_prepared()
             self.prepared.put_nowait(None)
+
+    async def _wait_for_work(self, idle: float) -> None:
+        """The queue was empty: wait before looking again (both fetch paths wait here)."""
+        if self.backends.queue_in_database is None or idle >= IDLE_WAIT:  # or a failed pull
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), idle)
+            return
+        changed = asyncio.ensure_future(self.backends.database.wait_for_changes(IDLE_WAIT))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait((changed, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            stopping.cancel()
 
     def _batch_size(self) -> int:
         short = self._last_run_seconds < SHORT_TASK
@@ -316,7 +352,13 @@ class Agent:
         partition, lease = self.settings.partition_id, self.settings.lease
         queue = self.backends.queue_in_database
         if queue is None:
-            return await self.backends.queue.pull(partition, count, lease), {}
+            messages = await self.backends.queue.pull(partition, count, lease)
+            fresh = [m.task_id for m in messages if m.task_id not in self.held]
+            if not fresh:
+                return messages, {}
+            async with self.backends.database.write() as repository:
+                taken = await self.processing.take(repository, fresh, now())
+            return messages, {a.task.task_id: a for a in taken if a.task is not None}
         if self._queue_was_empty and not await queue.visible(partition):
             return [], {}  # an empty queue is watched without taking the write lock
         async with self.backends.database.write() as repository:
@@ -328,32 +370,9 @@ class Agent:
 
     async def _acquire(self, message: QueueMessage, taken: Acquisition | None) -> Held | None:
         """Hold the task of a message (acquired already when `taken`), inputs prefetched."""
-        assert self.processing is not None
-        queue = self.backends.queue
-        if taken is None and message.task_id in self.held:
-            await queue.ack([message])  # a duplicate of a message we are handling
+        held = await self._hold(message, taken, self.folders.take())
+        if held is None:
             return None
-        try:
-            acquisition = taken or await self.processing.acquire(
-                message.task_id,
-                self.probe,
-                now(),
-                tried_take=self.backends.queue_in_database is not None,
-            )
-        except Exception:
-            log.exception("acquiring task %s failed", message.task_id)
-            await queue.release([message], delay=1.0)
-            return None
-        if acquisition.verdict is Verdict.DROP:
-            await queue.ack([message])
-            return None
-        if acquisition.verdict is Verdict.LATER:
-            await queue.release([message], delay=1.0)
-            return None
-        assert acquisition.task is not None and acquisition.session is not None
-        token = uuid.uuid4().hex
-        held = Held(message, acquisition.task, acquisition.session, token, self.folders.take())
-        self.held[held.task.task_id] = held
         try:
             await self._prefetch(held)
         except NotFound as error:
@@ -367,7 +386,51 @@ class Agent:
             return None
         return held
 
+    async def _hold(
+        self, message: QueueMessage, taken: Acquisition | None, folder: Path | None
+    ) -> Held | None:
+        """Acquire the task of a message (unless `taken` already) and hold it; None when
+        there is nothing to run (the message is acked or released, `folder` given back)."""
+        held = await self._acquire_only(message, taken)
+        if held is None:
+            if folder is not None:
+                self.folders.give_back(folder)
+            return None
+        task, session = held
+        held_task = Held(message, task, session, uuid.uuid4().hex, folder)
+        self.held[task.task_id] = held_task
+        return held_task
+
+    async def _acquire_only(
+        self, message: QueueMessage, taken: Acquisition | None
+    ) -> tuple[Task, Session] | None:
+        assert self.processing is not None
+        queue = self.backends.queue
+        if taken is None and message.task_id in self.held:
+            await queue.ack([message])  # a duplicate of a message we are handling
+            return None
+        try:
+            acquisition = taken or await self.processing.acquire(
+                message.task_id,
+                self.probe,
+                now(),
+                tried_take=True,  # `_pull` tried the common case
+            )
+        except Exception:
+            log.exception("acquiring task %s failed", message.task_id)
+            await queue.release([message], delay=1.0)
+            return None
+        if acquisition.verdict is Verdict.DROP:
+            await queue.ack([message])
+            return None
+        if acquisition.verdict is Verdict.LATER:
+            await queue.release([message], delay=1.0)
+            return None
+        assert acquisition.task is not None and acquisition.session is not None
+        return acquisition.task, acquisition.session
+
     async def _prefetch(self, held: Held) -> None:
+        assert held.folder is not None
         needed = list(dict.fromkeys(held.task.dependencies))
         async with self.backends.database.read() as repository:
             found = {r.result_id: r for r in await repository.find(Result, {"result_id": needed})}
@@ -389,15 +452,18 @@ class Agent:
             if held is not None:
                 await self._give_back(held)
 
-    async def _give_back(self, held: Held) -> None:
-        """Release a task acquired but not started: SUBMITTED again, message visible again."""
+    async def _give_back(self, *held: Held) -> None:
+        """Release tasks acquired but not started: SUBMITTED again, messages visible again."""
         assert self.processing is not None
+        if not held:
+            return
         try:
-            await self.processing.release(held.task)
-            await self.backends.queue.release([held.message])
-        except Exception:  # the lease runs out and the next acquisition recovers it
-            log.exception("giving back task %s failed", held.task.task_id)
-        self._forget(held)
+            await self.processing.release([h.task for h in held])
+            await self.backends.queue.release([h.message for h in held])
+        except Exception:  # the lease runs out and the next acquisition recovers them
+            log.exception("giving back %d tasks failed", len(held))
+        for one in held:
+            self._forget(one)
 
     # -- run stage ---------------------------------------------------------------------------
 
@@ -425,6 +491,7 @@ class Agent:
             return Ended(held, "skipped")
         held.task = started
         task = started
+        assert held.folder is not None
         self.api.context = TaskContext(held.token, task, held.session, held.folder)
         request = worker_common_pb2.ProcessRequest(
             communication_token=held.token,
@@ -524,18 +591,74 @@ class Agent:
     # -- post stage --------------------------------------------------------------------------
 
     async def _post_loop(self) -> None:
-        while (ended := await self.ended.get()) is not None:
-            await self._post_process(ended)
+        """Post-process what ended; the successes that ended meanwhile commit together, in
+        one transaction (both paths: tasks end one by one with an official worker, in
+        bursts with the batched one)."""
+        while (first := await self.ended.get()) is not None:
+            batch = [first]
+            while len(batch) < COMMIT_MAX and not self.ended.empty():
+                ended = self.ended.get_nowait()
+                if ended is None:
+                    self.ended.put_nowait(None)  # seen by the next turn
+                    break
+                batch.append(ended)
+            successes = [e for e in batch if e.kind == "ok" and e.outcome is not None]
+            for ended in batch:
+                if ended.kind != "ok" or ended.outcome is None:
+                    await self._post_process(ended)
+            if len(successes) == 1:
+                await self._post_process(successes[0])
+            elif successes:
+                await self._commit_successes(successes)
 
-    async def _post_process(self, ended: Ended) -> None:
+    async def _commit_successes(self, batch: list[Ended]) -> None:
+        """Commit successes in one transaction, acked with it when the queue is a table;
+        any failure falls back to the single-task path, task by task."""
+        assert self.processing is not None
+        queue = self.backends.queue_in_database
+        by_task = {e.held.task.task_id: e for e in batch}
+
+        async def ack(repository: Repository, committed: list[Success]) -> None:
+            assert queue is not None
+            await queue.ack_within(
+                repository, [by_task[s.task.task_id].held.message for s in committed]
+            )
+
+        crash_point("before_complete")
+        successes = [
+            Success(e.held.task, e.outcome, e.processed_at) for e in batch if e.outcome is not None
+        ]
+        try:
+            committed = await self.processing.complete_many(
+                successes, within=ack if queue is not None else None
+            )
+        except Exception as error:  # one at a time, each with the single-task path's care
+            log.warning("committing %d tasks together failed (%r); one by one", len(batch), error)
+            for ended in batch:
+                await self._post_process(ended, maybe_committed=True)
+            return
+        done = {s.task.task_id for s in committed}
+        if queue is None:
+            with contextlib.suppress(Exception):  # an unacked message is redelivered and dropped
+                await self.backends.queue.ack([by_task[i].held.message for i in done])
+        for ended in batch:
+            if ended.held.task.task_id in done:
+                self.completed += 1
+                self._forget(ended.held)
+                self._observe(ended, "completed")
+            else:  # cancelled or taken over meanwhile: the single-task path ends it
+                await self._post_process(ended)
+
+    async def _post_process(self, ended: Ended, maybe_committed: bool = False) -> None:
         """`_finish`, retried with backoff while a backend is down (the worker's work is not
         thrown away for an outage); never raises. After `post_retry_for` seconds the message
         is given back: the next acquisition finds the task still ours but no longer held,
-        and retries it (processing.acquire → _recover)."""
+        and retries it (processing.acquire → _recover). `maybe_committed`: an earlier commit
+        of this success failed in a way that may hide that it went through."""
         task_id = ended.held.task.task_id
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.post_retry_for
-        pause, attempt = 0.2, 0
+        pause, attempt = 0.2, 1 if maybe_committed else 0
         while True:
             try:
                 if attempt and ended.kind == "ok" and await self._committed(ended.held):
@@ -664,7 +787,8 @@ class Agent:
         self.held.pop(held.task.task_id, None)
         if not held.forgotten:  # a folder given back twice would go to two tasks
             held.forgotten = True
-            self.folders.give_back(held.folder)
+            if held.folder is not None:
+                self.folders.give_back(held.folder)
 
     async def _keep_leases(self) -> None:
         while True:
@@ -674,3 +798,8 @@ class Agent:
                 await self.backends.queue.extend(messages, self.settings.lease)
             except Exception:
                 log.exception("renewing queue leases failed")
+
+
+async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()

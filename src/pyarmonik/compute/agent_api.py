@@ -25,7 +25,8 @@ from pyarmonik.domain.statuses import ResultStatus
 from pyarmonik.scheduling.backends import Backends, now
 from pyarmonik.scheduling.processing import StoredResult, TaskOutcome
 from pyarmonik.scheduling.tasks import plan_tasks
-from pyarmonik.storage.objects import single_chunk
+from pyarmonik.storage.objects import ObjectStorage, single_chunk
+from pyarmonik.storage.objects.inline import InlineObjects
 
 
 @dataclass
@@ -93,9 +94,7 @@ class AgentApi(AgentServicer):  # type: ignore[misc]
         created = []
         for entry in request.results:
             result = self._new_result(task, entry.name)
-            opaque_id, size = await self.backends.objects.put(
-                single_chunk(entry.data), owner=task.task.task_id
-            )
+            opaque_id, size = await self._store(task, entry.data)
             task.outcome.created.append(result)
             task.outcome.stored.append(StoredResult(result.result_id, opaque_id, size))
             created.append(result)
@@ -122,16 +121,18 @@ class AgentApi(AgentServicer):  # type: ignore[misc]
             if earlier is not None and not path.exists():
                 continue  # notified again: its file was stored (and moved) the first time
             try:
-                opaque_id, size = await self.backends.objects.put_file(
-                    path, owner=task.task.task_id
-                )
+                opaque_id, size = await self._store_file(task, path)
             except FileNotFoundError:
                 raise NotFound(
                     f"No data file for result {result_id} in the task's data folder"
                 ) from None
             if earlier is not None:  # written anew since: the last data wins
                 task.outcome.stored.remove(earlier)
-                task.outcome.replaced.append(earlier.opaque_id)
+                inline = task.outcome.inline
+                kept = [blob for blob in inline if blob[0] != earlier.opaque_id]
+                if len(kept) == len(inline):
+                    task.outcome.replaced.append(earlier.opaque_id)
+                task.outcome.inline = kept
             task.outcome.stored.append(StoredResult(result_id, opaque_id, size))
         return pb.NotifyResultDataResponse(result_ids=ids)
 
@@ -161,6 +162,18 @@ class AgentApi(AgentServicer):  # type: ignore[misc]
             communication_token=request.communication_token,
         )
 
+    async def _store(self, task: TaskContext, data: bytes) -> tuple[bytes, int]:
+        return await store_output(self.backends.objects, task.outcome, task.task.task_id, data)
+
+    async def _store_file(self, task: TaskContext, path: Path) -> tuple[bytes, int]:
+        """`_store` for a file of the task's folder (handed over: read, or moved)."""
+        objects = self.backends.objects
+        if isinstance(objects, InlineObjects):
+            data = await objects.take_small_file(path)
+            if data is not None:
+                return await self._store(task, data)
+        return await objects.put_file(path, owner=task.task.task_id)
+
     async def _check_known(self, task: TaskContext, ids: set[str]) -> None:
         """Results a subtask refers to must exist in the session, or be created by this task."""
         pending = sorted(ids - task.created_ids())
@@ -188,6 +201,20 @@ class AgentApi(AgentServicer):  # type: ignore[misc]
             raise NotFound(f"Result {request.result_id} has no data ({result.status.name})")
         await write_blob(self.backends, result.opaque_id, task.folder / result.result_id)
         return pb.DataResponse(result_id=result.result_id)
+
+
+async def store_output(
+    objects: ObjectStorage, outcome: TaskOutcome, owner: str, data: bytes
+) -> tuple[bytes, int]:
+    """Store data a task produced; its opaque id and size. Small data waits in `outcome`
+    for the completion's transaction (nothing to undo if the task fails); larger data goes
+    to object storage now, owned by the task attempt (a recovery deletes it if the attempt
+    never commits)."""
+    if isinstance(objects, InlineObjects) and objects.fits(len(data)):
+        opaque_id = objects.inline_id(owner)
+        outcome.inline.append((opaque_id, owner, bytes(data)))
+        return opaque_id, len(data)
+    return await objects.put(single_chunk(data), owner=owner)
 
 
 async def write_blob(backends: Backends, opaque_id: bytes, path: Path) -> None:

@@ -48,10 +48,14 @@ PERMISSION_SERVICES = {
     "armonik.api.grpc.v1.partitions.Partitions": "Partitions",
     "armonik.api.grpc.v1.versions.Versions": "Versions",
     "armonik.api.grpc.v1.health_checks.HealthChecksService": "HealthChecks",
+    "pyarmonik.v1.Values": "Values",  # pyarmonik's own (control/values.py)
 }
 AUTHENTICATION_SERVICE = "armonik.api.grpc.v1.auth.Authentication"
 # Rpcs ArmoniK does not serve, hence has no permission for: the nearest one.
-SUBSTITUTES = {"Results:WatchResults": "Results:GetResult"}
+SUBSTITUTES = {
+    "Results:WatchResults": "Results:GetResult",
+    "Values:Watch": "Results:DownloadResultData",
+}
 
 _identity: contextvars.ContextVar[Identity] = contextvars.ContextVar("identity", default=ANONYMOUS)
 

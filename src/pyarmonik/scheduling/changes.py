@@ -77,7 +77,11 @@ class Subscription:
 
 
 class ChangeFeed:
-    def __init__(self, database: Database, poll_interval: float = 0.05):
+    """Tails the change log when the database reports a commit (PostgreSQL's NOTIFY,
+    SQLite's wake-ups between processes); `poll_interval` only bounds the wait for a
+    notification that got lost."""
+
+    def __init__(self, database: Database, poll_interval: float = 1.0):
         self.database = database
         self.poll_interval = poll_interval
         self._subscribers: set[Subscription] = set()

@@ -70,6 +70,18 @@ class TaskOutcome:
     stored: list[StoredResult] = field(default_factory=list)
     subtasks: list[Task] = field(default_factory=list)
     replaced: list[bytes] = field(default_factory=list)  # blobs stored, then written anew
+    # Small data of `stored` results, kept in the database by the completion's own
+    # transaction: (opaque id, owner, data).
+    inline: list[tuple[bytes, str, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class Success:
+    """A task that succeeded, for `complete_many`."""
+
+    task: Task
+    outcome: TaskOutcome
+    processed_at: float
 
 
 # Liveness probe of another agent: True when it is alive and still holds the task.
@@ -211,14 +223,44 @@ class TaskProcessing:
                 await self._cancel(repository, current, "Task was cancelled")
         return None
 
-    async def release(self, task: Task) -> None:
-        """Give back a task acquired but not started (agent stopping): SUBMITTED, no owner."""
+    async def start_many(self, tasks: list[Task], fetched_at: float) -> list[Task]:
+        """DISPATCHED → PROCESSING for many tasks in one statement; those paused or
+        cancelled meanwhile are left out (see `start`)."""
+        stamp = now()
+        values: dict[str, Any] = {
+            "status": TaskStatus.PROCESSING,
+            "fetched_at": fetched_at,
+            "started_at": stamp,
+            "pod_ttl": stamp,
+        }
+        async with self.backends.database.write() as repository:
+            started = set(
+                await repository.update(
+                    Task,
+                    {
+                        "task_id": [t.task_id for t in tasks],
+                        "status": TaskStatus.DISPATCHED,
+                        "owner_pod_id": self.owner_id,
+                    },
+                    values,
+                )
+            )
+        result = [replace(t, **values) for t in tasks if t.task_id in started]
+        for task in tasks:  # rare: the single-task path cancels what must be
+            if task.task_id not in started and (again := await self.start(task, fetched_at)):
+                result.append(again)
+        return result
+
+    async def release(self, tasks: list[Task]) -> None:
+        """Give back tasks acquired but not started (agent stopping, or held behind a long
+        task): SUBMITTED, no owner. In the batched path a task is PROCESSING from the moment
+        it is sent to the worker, which may hand it back unstarted."""
         async with self.backends.database.write() as repository:
             await repository.update(
                 Task,
                 {
-                    "task_id": task.task_id,
-                    "status": TaskStatus.DISPATCHED,
+                    "task_id": [task.task_id for task in tasks],
+                    "status": [TaskStatus.DISPATCHED, TaskStatus.PROCESSING],
                     "owner_pod_id": self.owner_id,
                 },
                 {"status": TaskStatus.SUBMITTED, "owner_pod_id": "", "pod_hostname": ""},
@@ -251,6 +293,8 @@ class TaskProcessing:
                 # neither): submitting needs its current status (paused or not).
                 session: Session | None = None
                 await repository.insert(outcome.created)
+                if outcome.inline:
+                    await repository.put_blobs(outcome.inline)
                 completed: list[str] = []
                 for stored in outcome.stored:
                     completed += await repository.update(
@@ -271,30 +315,7 @@ class TaskProcessing:
                     if session is None:
                         session = await load_session(repository, task.session_id)
                     ready += await submit(repository, session, released)
-                # Outputs neither produced nor handed over would stay CREATED forever and
-                # their readers would wait forever: abort them instead (ArmoniK only logs).
-                handled = {r.result_id for r in outcome.stored} | {
-                    out for sub in outcome.subtasks for out in sub.expected_output_ids
-                }
-                if not handled.issuperset(task.expected_output_ids):
-                    forgotten = [
-                        r.result_id
-                        for r in await repository.find(
-                            Result,
-                            {
-                                "result_id": task.expected_output_ids,
-                                "owner_task_id": task.task_id,
-                                "status": ResultStatus.CREATED,
-                            },
-                        )
-                    ]
-                    if forgotten:
-                        await terminate(
-                            repository,
-                            [task.task_id],
-                            forgotten,
-                            f"Task {task.task_id} did not produce these outputs",
-                        )
+                await self._abort_forgotten(repository, task, outcome)
                 crash_point("complete_in_transaction")
                 done = await repository.update(
                     Task,
@@ -317,6 +338,126 @@ class TaskProcessing:
         crash_point("complete_pushed")
         tracing.record_task(task, TaskStatus.COMPLETED, stamp, processed_at)
         return True
+
+    async def complete_many(
+        self,
+        successes: list[Success],
+        within: Callable[[Repository, list[Success]], Awaitable[None]] | None = None,
+    ) -> list[Success]:
+        """Commit many successes in one transaction, with statements of many rows; returns
+        those committed (the others were no longer ours: cancelled or taken over). `within`
+        runs inside the transaction with the committed ones (the queue acks them there when
+        it lives in the database). Same effects as `complete` on each."""
+        stamp = now()
+        ready: list[ReadyTask] = []
+        async with self.backends.database.write() as repository:
+            ours = set(
+                await repository.update(
+                    Task,
+                    {
+                        "task_id": [s.task.task_id for s in successes],
+                        "status": TaskStatus.PROCESSING,
+                        "owner_pod_id": self.owner_id,
+                    },
+                    {"status": TaskStatus.COMPLETED, "ended_at": stamp},
+                )
+            )
+            committed = [s for s in successes if s.task.task_id in ours]
+            if not committed:
+                return []
+            await repository.update_each(
+                Task,
+                [
+                    (s.task.task_id, self._durations(s.task, stamp, s.processed_at))
+                    for s in committed
+                ],
+            )
+            outcomes = [s.outcome for s in committed]
+            await repository.insert([r for o in outcomes for r in o.created])
+            inline = [blob for o in outcomes for blob in o.inline]
+            if inline:
+                await repository.put_blobs(inline)
+            stored = {st.result_id: (st, s.task) for s in committed for st in s.outcome.stored}
+            completed = await repository.update(
+                Result,
+                {"result_id": list(stored), "status": ResultStatus.CREATED},
+                {"status": ResultStatus.COMPLETED, "completed_at": stamp},
+            )
+            await repository.update_each(
+                Result,
+                [
+                    (
+                        result_id,
+                        {
+                            "opaque_id": stored[result_id][0].opaque_id,
+                            "size": stored[result_id][0].size,
+                            "completed_by": stored[result_id][1].task_id,
+                        },
+                    )
+                    for result_id in completed
+                ],
+            )
+            sessions: dict[str, Session] = {}
+
+            async def session_of(session_id: str) -> Session:
+                if session_id not in sessions:
+                    sessions[session_id] = await load_session(repository, session_id)
+                return sessions[session_id]
+
+            for success in committed:
+                if success.outcome.subtasks:
+                    session = await session_of(success.task.session_id)
+                    ready += await create_tasks(
+                        repository, session, success.outcome.subtasks, parent=success.task
+                    )
+            by_session: dict[str, list[str]] = {}  # a result's readers are of its session
+            for result_id in completed:
+                session_id = stored[result_id][1].session_id
+                by_session.setdefault(session_id, []).append(result_id)
+            for session_id, result_ids in by_session.items():
+                if released := await released_by(repository, result_ids):
+                    ready += await submit(repository, await session_of(session_id), released)
+            for success in committed:
+                await self._abort_forgotten(repository, success.task, success.outcome)
+            crash_point("complete_in_transaction")
+            ready = await push_ready_within(self.backends, repository, ready)
+            if within is not None:
+                await within(repository, committed)
+        crash_point("complete_committed")
+        await push_ready(self.backends, ready)
+        crash_point("complete_pushed")
+        for success in committed:
+            tracing.record_task(success.task, TaskStatus.COMPLETED, stamp, success.processed_at)
+        return committed
+
+    async def _abort_forgotten(
+        self, repository: Repository, task: Task, outcome: TaskOutcome
+    ) -> None:
+        """Outputs neither produced nor handed over would stay CREATED forever and their
+        readers would wait forever: abort them instead (ArmoniK only logs)."""
+        handled = {r.result_id for r in outcome.stored} | {
+            out for sub in outcome.subtasks for out in sub.expected_output_ids
+        }
+        if handled.issuperset(task.expected_output_ids):
+            return
+        forgotten = [
+            r.result_id
+            for r in await repository.find(
+                Result,
+                {
+                    "result_id": task.expected_output_ids,
+                    "owner_task_id": task.task_id,
+                    "status": ResultStatus.CREATED,
+                },
+            )
+        ]
+        if forgotten:
+            await terminate(
+                repository,
+                [task.task_id],
+                forgotten,
+                f"Task {task.task_id} did not produce these outputs",
+            )
 
     async def fail(
         self,
@@ -423,6 +564,20 @@ class TaskProcessing:
         if task.received_at is not None:
             values["received_to_end_duration"] = stamp - task.received_at
         return values
+
+    @staticmethod
+    def _durations(task: Task, stamp: float, processed_at: float) -> dict[str, object]:
+        """`_ended`'s per-task columns, the same columns for every task (one statement)."""
+
+        def since(moment: float | None) -> float | None:
+            return None if moment is None else stamp - moment
+
+        return {
+            "processed_at": processed_at,
+            "creation_to_end_duration": since(task.created_at),
+            "processing_to_end_duration": since(task.started_at),
+            "received_to_end_duration": since(task.received_at),
+        }
 
 
 class _NotOurs(ArmoniKError):

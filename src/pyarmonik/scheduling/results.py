@@ -17,6 +17,7 @@ from pyarmonik.scheduling.graph import push_ready, push_ready_within, resolve
 from pyarmonik.scheduling.sessions import load_session
 from pyarmonik.storage.database import Repository
 from pyarmonik.storage.objects import single_chunk
+from pyarmonik.storage.objects.inline import InlineObjects
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,12 +87,21 @@ class ResultService:
     ) -> list[Result]:
         async with self.backends.database.read() as repository:
             await self._open_session(repository, session_id)
+        objects = self.backends.objects
+        # Small data goes in the transaction that creates the results: one commit for all.
+        inline = objects if isinstance(objects, InlineObjects) else None
+        blobs: list[tuple[bytes, str, bytes]] = []
         stored: list[tuple[bytes, int]] = []
         try:
             for _, data, _ in entries:
-                stored.append(await self.backends.objects.put(single_chunk(data)))
+                if inline is not None and inline.fits(len(data)):
+                    blobs.append((inline.inline_id(), "", data))
+                    stored.append((blobs[-1][0], len(data)))
+                else:
+                    stored.append(await objects.put(single_chunk(data)))
         except BaseException:  # the call cancelled or a store failing: keep nothing
-            await asyncio.shield(self.backends.objects.delete([opaque for opaque, _ in stored]))
+            kept = [o for o, _ in stored if inline is None or not inline.is_inline(o)]
+            await asyncio.shield(objects.delete(kept))
             raise
         stamp = now()
         results = [
@@ -114,6 +124,7 @@ class ResultService:
         async def insert() -> list[Result]:
             async with self.backends.database.write() as repository:
                 await self._open_session(repository, session_id)
+                await repository.put_blobs(blobs)
                 await repository.insert(results)
             return results
 

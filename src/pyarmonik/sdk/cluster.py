@@ -38,6 +38,7 @@ from armonik.common import (
 )
 
 from pyarmonik.compute.orphans import dying_with_parent
+from pyarmonik.control import values
 from pyarmonik.sdk import payload
 from pyarmonik.sdk.context import (
     Args,
@@ -79,12 +80,17 @@ class Session:
 
 
 class _Watcher:
-    """One Events stream per cluster, on the outputs of the futures this client submitted,
-    that finishes the futures as their results complete or abort."""
+    """One stream per cluster, on the outputs of the futures this client submitted, that
+    finishes the futures as their results complete or abort: pyarmonik's Values stream
+    (small values come with it: no download), else ArmoniK's Events."""
 
-    def __init__(self, events: ArmoniKEvents, session_id: str, prefix: str):
-        self._events = events
+    def __init__(self, channel: grpc.Channel, session_id: str, prefix: str):
+        self._events = ArmoniKEvents(channel)
+        self._values = channel.unary_stream(values.WATCH)
+        self._use_values = True
+        self._call: Any = None
         self._session_id = session_id
+        self._prefix = prefix
         self._filter = Result.name.startswith(prefix)
         self._pending: dict[str, list[Future[Any]]] = {}
         self._lock = threading.Lock()
@@ -110,31 +116,51 @@ class _Watcher:
         kinds = [EventTypes.NEW_RESULT, EventTypes.RESULT_STATUS_UPDATE]
         while not self._stopping.is_set():
             try:
-                # The stream starts with a snapshot of the current statuses, so reconnecting
+                # Both streams start with a snapshot of the current statuses, so reconnecting
                 # after an error loses nothing.
-                self._events.get_events(
-                    self._session_id, kinds, [self._handle], result_filter=self._filter
-                )
+                if self._use_values:
+                    self._watch_values()
+                else:
+                    self._events.get_events(
+                        self._session_id, kinds, [self._handle], result_filter=self._filter
+                    )
             except grpc.RpcError as error:
                 if self._stopping.is_set():
                     return
+                if error.code() == grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
+                    self._use_values = False  # not a pyarmonik server: ArmoniK's Events
+                    continue
                 log.debug("events stream interrupted (%s), reconnecting", error)
             except Exception:
                 log.exception("events stream failed, reconnecting")
             self._stopping.wait(0.5)
 
+    def _watch_values(self) -> None:
+        request = values.encode({"session_id": self._session_id, "name_prefix": self._prefix})
+        self._call = self._values(request)
+        if self._stopping.is_set():
+            self._call.cancel()
+        for message in self._call:
+            for result_id, status, data in values.decode(message)["results"]:
+                self._ended(result_id, status, data)
+
     def _handle(self, session_id: str, kind: EventTypes, event: Any) -> bool:
-        status = event.status
+        self._ended(event.result_id, event.status, None)
+        return self._stopping.is_set()
+
+    def _ended(self, result_id: str, status: int, data: bytes | None) -> None:
         if status == ResultStatus.COMPLETED or status == ResultStatus.ABORTED:
             with self._lock:
-                futures = self._pending.pop(event.result_id, [])
+                futures = self._pending.pop(result_id, [])
             state = COMPLETED if status == ResultStatus.COMPLETED else FAILED
             for future in futures:
+                future._data = data
                 future._finish(state)
-        return self._stopping.is_set()
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._call is not None:
+            self._call.cancel()
 
 
 class _LocalProcess:
@@ -230,7 +256,7 @@ class Cluster:
         self._functions: dict[int, tuple[Any, bytes, str | None]] = {}
         self._lock = threading.Lock()
         self._closed = False
-        self._watcher = _Watcher(ArmoniKEvents(channel), session_id, self._prefix)
+        self._watcher = _Watcher(channel, session_id, self._prefix)
         register_cluster(self)
 
     # -- opening and closing -------------------------------------------------------------------
@@ -511,7 +537,9 @@ class Cluster:
     def resolve(self, future: Future[Any]) -> Any:
         if future.failed:
             raise self._failure(future.result_id, future.name)
-        data = self._results.download_result_data(future.result_id, self.session.id)
+        data, future._data = future._data, None
+        if data is None:  # not sent with its completion (large, or not a pyarmonik server)
+            data = self._results.download_result_data(future.result_id, self.session.id)
         try:
             return payload.loads_value(data)
         except Exception as error:

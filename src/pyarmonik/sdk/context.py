@@ -161,9 +161,17 @@ class TaskContext:
     task function returns, then created in one batch (so that the future it returns, or
     the one it delegated to, can take the task's output over)."""
 
-    def __init__(self, handler: TaskHandler, functions: FunctionCache):
+    def __init__(
+        self,
+        handler: TaskHandler,
+        functions: FunctionCache,
+        read_input: Callable[[str], bytes] | None = None,
+    ):
         self.handler = handler
         self.functions = functions
+        # How the data of a result is read: the batched mode has it in memory; ArmoniK's
+        # worker protocol puts it in the task's data folder.
+        self._read = read_input or self._read_file
         self.pending: list[tuple[TaskFunction[..., Any], Args, Kwargs, Future[Any]]] = []
         self.delegated: Future[Any] | None = None
         self.values: dict[str, Any] = {}
@@ -222,7 +230,7 @@ class TaskContext:
             )
         return self.values[result_id]
 
-    def _read(self, result_id: str) -> bytes:
+    def _read_file(self, result_id: str) -> bytes:
         path = os.path.join(self.handler.data_folder, result_id)
         if not os.path.exists(path):  # not declared as a dependency (a hand-made payload)
             return bytes(self.handler.get_resource_data(result_id))

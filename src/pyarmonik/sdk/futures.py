@@ -60,6 +60,7 @@ class Future(Generic[T]):
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._value: Any = _UNSET
+        self._data: bytes | None = None  # the pickled value, when it came with the completion
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[Future[T]], object]] = []
         # Set while cancel() runs: the task's output is aborted by the cancellation, and its

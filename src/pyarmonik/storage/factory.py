@@ -60,11 +60,16 @@ def open_objects(url: str) -> ObjectStorage:
 
 
 def open_backends(settings: Settings) -> Backends:
+    from pyarmonik.storage.objects.inline import InlineObjects
+
     database = open_database(settings.database_url)
+    # Wrapped even with a threshold of 0 (nothing new stored inline): blobs stored in the
+    # database under another setting, or by another process, stay readable.
+    objects = InlineObjects(database, open_objects(settings.objects_url), settings.inline_threshold)
     return Backends(
         database=database,
         queue=open_queue(settings.queue_url, database),
-        objects=open_objects(settings.objects_url),
+        objects=objects,
         partitions=[p.record() for p in settings.partition_list()],
         default_partition=settings.default_partition,
     )

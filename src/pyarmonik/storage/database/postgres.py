@@ -241,8 +241,23 @@ CREATE TABLE IF NOT EXISTS auth_tokens (
 CREATE INDEX IF NOT EXISTS auth_tokens_user ON auth_tokens (user_id);
 """
 
+# Small blobs (storage/objects/inline.py): opaque ids start with "db:"; owner '' when none.
+_OBJECTS = """
+CREATE TABLE IF NOT EXISTS objects (
+    opaque_id BYTEA PRIMARY KEY,
+    owner {text} NOT NULL,
+    data BYTEA NOT NULL
+);
+CREATE INDEX IF NOT EXISTS objects_owner ON objects (owner);
+"""
+
 # Schema migrations, applied in order, each once (recorded in schema_version). Append only.
-MIGRATIONS: list[str] = [_TABLES + _LOG_FUNCTIONS + _LOG_TRIGGERS, _UNQUEUED, _AUTHENTICATION]
+MIGRATIONS: list[str] = [
+    _TABLES + _LOG_FUNCTIONS + _LOG_TRIGGERS,
+    _UNQUEUED,
+    _AUTHENTICATION,
+    _OBJECTS,
+]
 
 # What a connection attempt raises when the server is down, unknown, or refuses us.
 _UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)

@@ -22,7 +22,7 @@ from pyarmonik.domain.records import (
     Session,
     Task,
 )
-from pyarmonik.domain.statuses import SessionStatus, TaskStatus
+from pyarmonik.domain.statuses import ResultStatus, SessionStatus, TaskStatus
 
 Record = Session | Task | Result | Partition
 R = TypeVar("R", bound=Record)
@@ -371,6 +371,26 @@ class Repository:
                 rows,
             )
 
+    async def ended_results(
+        self, session_id: str, name_prefix: str, after: str, limit: int
+    ) -> list[Result]:
+        """Results of a session COMPLETED or ABORTED whose name starts with `name_prefix`,
+        by id after `after` (pages for control/values.py)."""
+        rows = await self.connection.fetch(
+            "SELECT * FROM results WHERE session_id = ? AND status IN (?, ?) "
+            "AND substr(name, 1, ?) = ? AND result_id > ? ORDER BY result_id LIMIT ?",
+            [
+                session_id,
+                int(ResultStatus.COMPLETED),
+                int(ResultStatus.ABORTED),
+                len(name_prefix),
+                name_prefix,
+                after,
+                limit,
+            ],
+        )
+        return _records(Result, rows)
+
     # -- tasks ready but not queued -------------------------------------------------------
 
     async def park_unqueued(self, messages: Sequence[tuple[str, str, int]], since: float) -> None:
@@ -632,3 +652,51 @@ class Repository:
                     yield {**where, column: part}
                 return
         yield where
+
+    # -- small blobs stored in the database (storage/objects/inline.py) ---------------------
+
+    async def put_blobs(self, blobs: Sequence[tuple[bytes, str, bytes]]) -> None:
+        """Store (opaque_id, owner, data) blobs. An id already stored is left as it is: ids
+        are fresh, so only a transaction retried after an unsure commit meets its own."""
+        if blobs:
+            await self.connection.executemany(
+                "INSERT INTO objects (opaque_id, owner, data) VALUES (?, ?, ?) "
+                "ON CONFLICT (opaque_id) DO NOTHING",
+                [(bytes(i), owner, bytes(data)) for i, owner, data in blobs],
+            )
+
+    async def blobs(self, opaque_ids: Sequence[bytes]) -> dict[bytes, bytes]:
+        """The data of those of the blobs that are stored, by id."""
+        found: dict[bytes, bytes] = {}
+        for part in chunks(list(dict.fromkeys(opaque_ids))):
+            rows = await self.connection.fetch(
+                f"SELECT opaque_id, data FROM objects WHERE opaque_id IN "
+                f"({','.join('?' * len(part))})",
+                list(part),
+            )
+            found.update((bytes(row["opaque_id"]), bytes(row["data"])) for row in rows)
+        return found
+
+    async def blob_sizes(self, opaque_ids: Sequence[bytes]) -> dict[bytes, int]:
+        """The size of those of the blobs that are stored, by id (their data is not read)."""
+        found: dict[bytes, int] = {}
+        for part in chunks(list(dict.fromkeys(opaque_ids))):
+            rows = await self.connection.fetch(
+                f"SELECT opaque_id, LENGTH(data) AS n FROM objects WHERE opaque_id IN "
+                f"({','.join('?' * len(part))})",
+                list(part),
+            )
+            found.update((bytes(row["opaque_id"]), int(row["n"])) for row in rows)
+        return found
+
+    async def delete_blobs(self, opaque_ids: Sequence[bytes]) -> None:
+        """Delete blobs; absent ones are ignored."""
+        for part in chunks(list(dict.fromkeys(opaque_ids))):
+            await self.connection.execute(
+                f"DELETE FROM objects WHERE opaque_id IN ({','.join('?' * len(part))})",
+                list(part),
+            )
+
+    async def delete_blobs_owned_by(self, owner: str) -> int:
+        """Delete the blobs stored with this owner; how many."""
+        return await self.connection.execute("DELETE FROM objects WHERE owner = ?", [owner])

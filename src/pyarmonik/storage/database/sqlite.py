@@ -13,6 +13,10 @@ every block returns once the shared COMMIT is done. Between processes a commit i
 (WAL frames written, the other connections' page caches invalidated): the agent's start of
 task n, completion of task n-1 and acquisition of task n+1, woken by the same event, become
 one transaction instead of three.
+
+Other processes hear of a commit through wakeups.py: `wait_for_changes` returns at once after
+a write of this process, and after a write of another process too once this process waits
+(the first wait binds its wake-up socket). Its timeout only covers a lost wake-up.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any, TypeVar
 from pyarmonik.domain.filters import SQLITE_DIALECT
 from pyarmonik.domain.records import Row
 from pyarmonik.storage.database.sql import Repository
+from pyarmonik.storage.database.wakeups import Wakeups
 
 # Lists and maps are JSON text; times are REAL seconds since the epoch.
 SCHEMA = """
@@ -156,6 +161,14 @@ CREATE TABLE IF NOT EXISTS auth_tokens (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS auth_tokens_user ON auth_tokens (user_id);
+
+-- Small blobs (storage/objects/inline.py): opaque ids start with "db:"; owner '' when none.
+CREATE TABLE IF NOT EXISTS objects (
+    opaque_id BLOB PRIMARY KEY,
+    owner TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS objects_owner ON objects (owner);
 
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -349,6 +362,8 @@ class SqliteDatabase:
         self._batch: _Batch | None = None
         self._committers: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
+        self.wakeups = Wakeups(self.path, self._changed.set)
+        self._total_changes = 0  # the writer's count of changed rows at its last commit
         self._checkpointer: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
 
@@ -387,6 +402,7 @@ class SqliteDatabase:
         if self._checkpointer is not None:
             self._closing.set()
             await self._checkpointer
+        self.wakeups.close()
         for connection in (self._writer, self._reader):
             if connection is not None:
                 connection.close()
@@ -440,10 +456,20 @@ class SqliteDatabase:
                     raise
             else:
                 batch.committed.set_result(None)
+                # Rows changed: tell the other processes (an empty pull changes none).
+                if batch.begun and self._writer.total_changes != self._total_changes:
+                    self._total_changes = self._writer.total_changes
+                    self.wakeups.notify()
         self._changed.set()
 
     async def wait_for_changes(self, timeout: float) -> None:
-        # Writes of this process wake us at once; those of other processes within `timeout`.
+        # Writes of this process wake us at once, those of other processes by a wake-up
+        # datagram; `timeout` only bounds the wait for a lost one. One waiter per instance:
+        # a wake-up is consumed by the wait that returns.
+        if not self.wakeups.listening and self.wakeups.listen():
+            # Listening from now on: a commit between the caller's last read and now was
+            # not sent to us, so the caller looks again first.
+            self._changed.set()
         with suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
         self._changed.clear()

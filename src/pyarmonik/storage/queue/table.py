@@ -2,6 +2,13 @@
 
 Messages are rows; pulling leases them (`visible_at` in the future) under a fresh receipt,
 so a consumer that dies simply lets its lease run out and the message is seen again.
+
+Idle consumers wait on `Database.wait_for_changes`: a message pushed with `push_within` comes
+with its task becoming SUBMITTED in the same transaction, which grows the change log and so
+wakes them (SQLite wakes them on any commit). On PostgreSQL, whose NOTIFY comes from the
+change log only, a message made visible without a task change (`push`, `release` without
+delay) sends the notification itself; messages that become visible with time (a delay or a
+lease that ran out) are seen at the consumers' fallback look.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import uuid
 from typing import Any
 
 from pyarmonik.storage.database import Database, Repository
+from pyarmonik.storage.database.postgres import CHANNEL
 from pyarmonik.storage.database.sql import chunks
 from pyarmonik.storage.queue import QueueMessage
 
@@ -62,6 +70,12 @@ class TableQueue:
         if messages:
             async with self.database.write() as repository:
                 await self.push_within(repository, partition_id, messages)
+                await self._notify_within(repository)
+
+    async def _notify_within(self, repository: Repository) -> None:
+        """Wake PostgreSQL's waiters at commit (the listeners' payload is the schema)."""
+        if self.kind == "postgres":
+            await repository.connection.execute("SELECT pg_notify(?, current_schema())", [CHANNEL])
 
     async def push_within(
         self, repository: Repository, partition_id: str, messages: list[tuple[str, int]]
@@ -105,9 +119,17 @@ class TableQueue:
         await self._by_receipt(messages, "DELETE FROM queue", [])
 
     async def release(self, messages: list[QueueMessage], delay: float = 0.0) -> None:
-        await self._by_receipt(
-            messages, "UPDATE queue SET visible_at = ?, receipt = ''", [time.time() + delay]
-        )
+        if not messages:
+            return
+        async with self.database.write() as repository:
+            await self._apply(
+                repository,
+                messages,
+                "UPDATE queue SET visible_at = ?, receipt = ''",
+                [time.time() + delay],
+            )
+            if delay <= 0:
+                await self._notify_within(repository)
 
     async def extend(self, messages: list[QueueMessage], lease: float) -> None:
         await self._by_receipt(messages, "UPDATE queue SET visible_at = ?", [time.time() + lease])
