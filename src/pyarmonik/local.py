@@ -46,6 +46,8 @@ class LocalCluster:
         env = dict(os.environ)
         if self.settings.otlp_endpoint:  # agents trace too, even when set by a config file
             env["PYARMONIK_OTLP_ENDPOINT"] = self.settings.otlp_endpoint
+        # The agents store small outputs as the control plane stores small inputs.
+        env["PYARMONIK_INLINE_THRESHOLD"] = str(self.settings.inline_threshold)
         for partition in self.settings.partition_list():
             count = partition.agents if partition.agents is not None else self.default_agents
             for index in range(count):

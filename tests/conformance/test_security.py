@@ -212,7 +212,7 @@ def first_event(channel: grpc.Channel, session_id: str) -> None:
 
 def first_values(channel: grpc.Channel, session_id: str) -> dict[str, Any]:
     """pyarmonik's own stream (control/values.py): its first message."""
-    from pyarmonik.control import values
+    from pyarmonik.control import sdk_service as values
 
     request = values.encode({"session_id": session_id})
     stream = channel.unary_stream(values.WATCH)(request, timeout=5)
@@ -220,6 +220,15 @@ def first_values(channel: grpc.Channel, session_id: str) -> dict[str, Any]:
         return values.decode(next(iter(stream)))
     finally:
         stream.cancel()
+
+
+def sdk_submit(channel: grpc.Channel, session_id: str) -> Any:
+    """pyarmonik's one-call submission (control/sdk_service.py)."""
+    from pyarmonik.control import sdk_service
+
+    task = {"payload_name": "p", "payload": b"x", "output_name": "o"}
+    request = sdk_service.encode({"session_id": session_id, "tasks": [task]})
+    return channel.unary_unary(sdk_service.SUBMIT)(request, timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -252,11 +261,11 @@ def test_the_matrix_unary_and_streaming(
         )
         download = code(lambda: ArmoniKResults(channel).download_result_data(result_id, session_id))
         assert download == expected
+        assert code(lambda: sdk_submit(channel, session_id)) == expected
         assert code(lambda: first_values(channel, session_id)) == expected
         if user == "admin":
-            assert first_values(channel, session_id)["results"] == [
-                [result_id, ResultStatus.COMPLETED, b"secret"]
-            ]
+            entry = [result_id, ResultStatus.COMPLETED, b"secret", "data"]
+            assert entry in first_values(channel, session_id)["results"]
 
 
 def test_a_certificate_of_another_ca_is_refused(secured: Secured, tmp_path: Path) -> None:
@@ -283,6 +292,7 @@ def test_half_rights(secured: Secured, admin_data: tuple[str, str]) -> None:
         assert code(lambda: results.create_results_metadata(["r"], session_id)) == DENIED
         assert code(lambda: first_event(channel, session_id)) == DENIED
         assert code(lambda: first_values(channel, session_id)) == DENIED
+        assert code(lambda: sdk_submit(channel, session_id)) == DENIED  # no Results rights
 
 
 def test_impersonation(secured: Secured) -> None:
@@ -350,6 +360,7 @@ def test_session_isolation(secured: Secured, admin_data: tuple[str, str]) -> Non
         assert code(lambda: submit(session_id, [definition])) == not_found
         assert code(lambda: first_event(channel, session_id)) == not_found
         assert code(lambda: first_values(channel, session_id)) == not_found
+        assert code(lambda: sdk_submit(channel, session_id)) == not_found
         _, visible = results.list_results()
         assert result_id not in {r.result_id for r in visible}
         own = sessions.create_session(OPTIONS)  # B's own work is B's

@@ -103,8 +103,7 @@ def test_worker_killed_mid_batch_reruns_only_the_unfinished_tasks_once(tmp_path:
     with function_cluster(tmp_path / "cluster", 1) as cluster:
         wait(noop.map(range(200)), timeout=120)  # the window is large by now
         futures = [
-            recorded.submit(str(marks), i, "worker" if i == victim else "")
-            for i in range(count)
+            recorded.submit(str(marks), i, "worker" if i == victim else "") for i in range(count)
         ]
         assert [f.result(120) for f in futures] == list(range(count))
         counted = runs(marks, count)

@@ -344,10 +344,12 @@ class Agent:
             await self._give_back_prepared()
         return False
 
-    async def _pull(self, count: int) -> tuple[list[QueueMessage], dict[str, Acquisition]]:
-        """Pull up to `count` messages. With the queue in the database, their tasks are
-        acquired in the same transaction when in the common case (SUBMITTED, session
-        RUNNING)."""
+    async def _pull(
+        self, count: int, start: bool = False
+    ) -> tuple[list[QueueMessage], dict[str, Acquisition]]:
+        """Pull up to `count` messages, and acquire their tasks in one transaction when in
+        the common case (SUBMITTED, session RUNNING): with the pull itself when the queue
+        is in the database. `start`: the tasks taken are PROCESSING at once."""
         assert self.processing is not None
         partition, lease = self.settings.partition_id, self.settings.lease
         queue = self.backends.queue_in_database
@@ -357,7 +359,7 @@ class Agent:
             if not fresh:
                 return messages, {}
             async with self.backends.database.write() as repository:
-                taken = await self.processing.take(repository, fresh, now())
+                taken = await self.processing.take(repository, fresh, now(), start)
             return messages, {a.task.task_id: a for a in taken if a.task is not None}
         if self._queue_was_empty and not await queue.visible(partition):
             return [], {}  # an empty queue is watched without taking the write lock
@@ -365,7 +367,7 @@ class Agent:
             messages = await queue.pull_within(repository, partition, count, lease)
             self._queue_was_empty = not messages
             fresh = [m.task_id for m in messages if m.task_id not in self.held]
-            taken = await self.processing.take(repository, fresh, now()) if fresh else []
+            taken = await self.processing.take(repository, fresh, now(), start) if fresh else []
         return messages, {a.task.task_id: a for a in taken if a.task is not None}
 
     async def _acquire(self, message: QueueMessage, taken: Acquisition | None) -> Held | None:

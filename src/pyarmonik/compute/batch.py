@@ -143,7 +143,7 @@ class BatchRunner:
                 await _wait_either(self._room, agent._stopping)
                 continue
             try:
-                messages, taken = await agent._pull(room)
+                messages, taken = await agent._pull(room, start=True)
             except Exception:
                 BACKEND_ERRORS.labels("queue.pull").inc()
                 log.exception("pulling from the queue failed; retrying")
@@ -181,10 +181,16 @@ class BatchRunner:
         agent = self.agent
         assert agent.processing is not None
         fetched_at = now()
-        started = {
-            t.task_id: t
-            for t in await agent.processing.start_many([h.task for h in held], fetched_at)
-        }
+        # Tasks taken in the common case were started with their pull; the others now.
+        dispatched = [h.task for h in held if h.task.status != TaskStatus.PROCESSING]
+        started = (
+            {t.task_id: t for t in await agent.processing.start_many(dispatched, fetched_at)}
+            if dispatched
+            else {}
+        )
+        started.update(
+            {h.task.task_id: h.task for h in held if h.task.status == TaskStatus.PROCESSING}
+        )
         for one in held:
             if one.task.task_id not in started:  # paused or cancelled meanwhile
                 await agent._post_process(Ended(one, "skipped"))
@@ -193,7 +199,7 @@ class BatchRunner:
             return
         for one in held:
             one.task = started[one.task.task_id]
-            one.fetched_at = fetched_at
+            one.fetched_at = one.task.fetched_at or fetched_at
         data, missing = await self._read_inputs([h.task for h in held])
         frames: list[Frame] = []
         ready: list[Held] = []

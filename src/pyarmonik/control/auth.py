@@ -48,13 +48,19 @@ PERMISSION_SERVICES = {
     "armonik.api.grpc.v1.partitions.Partitions": "Partitions",
     "armonik.api.grpc.v1.versions.Versions": "Versions",
     "armonik.api.grpc.v1.health_checks.HealthChecksService": "HealthChecks",
-    "pyarmonik.v1.Values": "Values",  # pyarmonik's own (control/values.py)
+    "pyarmonik.v1.Sdk": "Sdk",  # pyarmonik's own (control/sdk_service.py)
 }
 AUTHENTICATION_SERVICE = "armonik.api.grpc.v1.auth.Authentication"
-# Rpcs ArmoniK does not serve, hence has no permission for: the nearest one.
+# Rpcs ArmoniK does not serve, hence has no permission for: the permissions of the calls
+# they stand for (all of them are needed).
 SUBSTITUTES = {
-    "Results:WatchResults": "Results:GetResult",
-    "Values:Watch": "Results:DownloadResultData",
+    "Results:WatchResults": ("Results:GetResult",),
+    "Sdk:Watch": ("Results:DownloadResultData",),
+    "Sdk:Submit": (
+        "Results:CreateResultsMetaData",
+        "Results:CreateResults",
+        "Tasks:SubmitTasks",
+    ),
 }
 
 _identity: contextvars.ContextVar[Identity] = contextvars.ContextVar("identity", default=ANONYMOUS)
@@ -65,15 +71,15 @@ def current_identity() -> Identity:
     return _identity.get()
 
 
-def permission_of(method: str) -> str | None:
-    """The permission an rpc needs (`/package.Service/Rpc` → `Service:Rpc`); None for
+def permissions_of(method: str) -> tuple[str, ...]:
+    """The permissions an rpc needs (`/package.Service/Rpc` → `Service:Rpc`); none for
     GetCurrentUser (authentication only) and for methods of no ArmoniK service."""
     service, _, rpc = method.lstrip("/").partition("/")
     prefix = PERMISSION_SERVICES.get(service)
     if prefix is None:
-        return None
+        return ()
     permission = f"{prefix}:{rpc}"
-    return SUBSTITUTES.get(permission, permission)
+    return SUBSTITUTES.get(permission, (permission,))
 
 
 @dataclass(frozen=True)
@@ -161,16 +167,15 @@ class Authenticator:
         log.info("user %s impersonates %s", identity.username, target.username)
         return target
 
-    def authorize(self, identity: Identity, permission: str | None) -> None:
-        """PermissionDenied unless `identity` may call an rpc needing `permission`."""
-        if (
-            permission is None
-            or not self.settings.require_authentication
-            or not self.settings.require_authorization
-        ):
+    def authorize(self, identity: Identity, permissions: tuple[str, ...]) -> None:
+        """PermissionDenied unless `identity` may call an rpc needing `permissions`."""
+        if not self.settings.require_authentication or not self.settings.require_authorization:
             return
-        if not identity.holds(permission):
-            raise PermissionDenied(f"User {identity.username} lacks the permission {permission}")
+        for permission in permissions:
+            if not identity.holds(permission):
+                raise PermissionDenied(
+                    f"User {identity.username} lacks the permission {permission}"
+                )
 
     def current_user(self, identity: Identity) -> tuple[str, list[str], list[str]]:
         """(username, roles, permissions) as GetCurrentUser answers them in each mode."""
@@ -239,7 +244,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         code, details = grpc.StatusCode.UNAVAILABLE, ""
         try:
             identity = await self.authenticator.identify(*self.credentials(context))
-            self.authenticator.authorize(identity, permission_of(method))
+            self.authenticator.authorize(identity, permissions_of(method))
             return identity
         except Unauthenticated as error:
             code, details = grpc.StatusCode.UNAUTHENTICATED, str(error)

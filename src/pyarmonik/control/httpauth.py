@@ -118,7 +118,7 @@ class HttpAuth:
         Unauthenticated or PermissionDenied otherwise."""
         identity = (await self.caller(request)).identity
         if self.authenticator is not None:
-            self.authenticator.authorize(identity, permission)
+            self.authenticator.authorize(identity, (permission,) if permission else ())
         return identity
 
     def visibility(self, identity: Identity) -> Visibility:

@@ -28,10 +28,10 @@ from pyarmonik.control.info import Applications, Authentication, HealthChecks, P
 from pyarmonik.control.isolation import SessionGuard
 from pyarmonik.control.memory import keep_memory_low
 from pyarmonik.control.results import Results
+from pyarmonik.control.sdk_service import SdkService, add_sdk_service_to_server
 from pyarmonik.control.sessions import Sessions
 from pyarmonik.control.tasks import Tasks
 from pyarmonik.control.tls import TlsFiles
-from pyarmonik.control.values import Values, add_values_to_server
 from pyarmonik.control.watch import ResultWatcher
 from pyarmonik.domain.errors import Unavailable
 from pyarmonik.observability import tracing
@@ -127,7 +127,7 @@ class ControlPlane:
         events_service_pb2_grpc.add_EventsServicer_to_server(
             Events(database, self.feed, guard), server
         )
-        add_values_to_server(Values(backends, self.feed, guard), server)
+        add_sdk_service_to_server(SdkService(backends, self.feed, guard), server)
         partitions_service_pb2_grpc.add_PartitionsServicer_to_server(Partitions(backends), server)
         applications_service_pb2_grpc.add_ApplicationsServicer_to_server(
             Applications(backends, guard), server

@@ -142,11 +142,18 @@ class TaskProcessing:
         return taken[0] if taken else None
 
     async def take(
-        self, repository: Repository, task_ids: list[str], received_at: float
+        self, repository: Repository, task_ids: list[str], received_at: float, start: bool = False
     ) -> list[Acquisition]:
         """Acquire, inside the caller's transaction, those of the tasks in the common case
-        (SUBMITTED, unowned, session RUNNING); the others need `acquire`'s full analysis."""
-        taken = await repository.take_tasks(task_ids, self._dispatched(received_at))
+        (SUBMITTED, unowned, session RUNNING); the others need `acquire`'s full analysis.
+        `start`: PROCESSING at once (the batched path hands them to its worker now)."""
+        values = self._dispatched(received_at)
+        if start:
+            stamp = values["acquired_at"]
+            values.update(
+                status=TaskStatus.PROCESSING, fetched_at=stamp, started_at=stamp, pod_ttl=stamp
+            )
+        taken = await repository.take_tasks(task_ids, values)
         if not taken:
             return []
         session_ids = list({task.session_id for task in taken})

@@ -8,11 +8,13 @@ from pyarmonik.domain.errors import FailedPrecondition, InvalidArgument, NotFoun
 from pyarmonik.domain.filters import Filter, ListQuery
 from pyarmonik.domain.ids import new_id
 from pyarmonik.domain.options import TaskOptions
-from pyarmonik.domain.records import Session, Task
+from pyarmonik.domain.records import Result, Session, Task
+from pyarmonik.domain.statuses import ResultStatus, SessionStatus
 from pyarmonik.scheduling.backends import Backends, now
 from pyarmonik.scheduling.graph import ReadyTask, create_tasks, push_ready, push_ready_within
 from pyarmonik.scheduling.sessions import cancel_tasks_in, load_session
 from pyarmonik.storage.database import Repository
+from pyarmonik.storage.objects.inline import InlineObjects
 
 
 @dataclass
@@ -21,6 +23,18 @@ class TaskCreation:
 
     payload_id: str
     expected_output_ids: list[str]
+    data_dependencies: list[str] = field(default_factory=list)
+    options: TaskOptions | None = None
+
+
+@dataclass
+class NewTask:
+    """A task of the SDK's one-call submission (control/sdk_service.py): its payload's data and
+    its output are created with it."""
+
+    payload_name: str
+    payload: bytes
+    output_name: str
     data_dependencies: list[str] = field(default_factory=list)
     options: TaskOptions | None = None
 
@@ -84,6 +98,56 @@ class TaskService:
         async with self.backends.database.write() as repository:
             session = await load_session(repository, session_id)
             tasks = plan_tasks(session, request_options, creations)
+            ready: list[ReadyTask] = await create_tasks(repository, session, tasks)
+            ready = await push_ready_within(self.backends, repository, ready)
+        await push_ready(self.backends, ready)
+        return tasks
+
+    async def submit_new(self, session_id: str, new: list[NewTask]) -> list[Task]:
+        """Create each task's payload (its data in the database) and output, and submit the
+        tasks, in one transaction. Payloads must fit in the database (`inline_threshold`)."""
+        if not new:
+            raise InvalidArgument("tasks must not be empty")
+        inline = self.backends.objects
+        if not isinstance(inline, InlineObjects) or inline.threshold <= 0:
+            raise FailedPrecondition("this server keeps no data in its database")
+        too_big = [n.payload_name for n in new if not inline.fits(len(n.payload))]
+        if too_big:
+            raise InvalidArgument(
+                f"payloads over {inline.threshold} bytes are uploaded as results first: "
+                f"{', '.join(too_big[:10])}"
+            )
+        stamp = now()
+        blobs = [(inline.inline_id(), "", n.payload) for n in new]
+        payloads = [
+            Result(
+                result_id=new_id(),
+                session_id=session_id,
+                name=n.payload_name,
+                status=ResultStatus.COMPLETED,
+                owner_task_id=session_id,  # as for any data a client creates
+                opaque_id=opaque_id,
+                size=len(n.payload),
+                created_at=stamp,
+                completed_at=stamp,
+            )
+            for n, (opaque_id, _, _) in zip(new, blobs, strict=True)
+        ]
+        outputs = [
+            Result(result_id=new_id(), session_id=session_id, name=n.output_name, created_at=stamp)
+            for n in new
+        ]
+        creations = [
+            TaskCreation(p.result_id, [o.result_id], n.data_dependencies, n.options)
+            for n, p, o in zip(new, payloads, outputs, strict=True)
+        ]
+        async with self.backends.database.write() as repository:
+            session = await load_session(repository, session_id)
+            if session.status not in (SessionStatus.RUNNING, SessionStatus.PAUSED):
+                raise FailedPrecondition(f"Session {session_id} is {session.status.name}")
+            tasks = plan_tasks(session, None, creations)
+            await repository.put_blobs(blobs)
+            await repository.insert(payloads + outputs)
             ready: list[ReadyTask] = await create_tasks(repository, session, tasks)
             ready = await push_ready_within(self.backends, repository, ready)
         await push_ready(self.backends, ready)

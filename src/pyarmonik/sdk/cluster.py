@@ -38,7 +38,7 @@ from armonik.common import (
 )
 
 from pyarmonik.compute.orphans import dying_with_parent
-from pyarmonik.control import values
+from pyarmonik.control import sdk_service
 from pyarmonik.sdk import payload
 from pyarmonik.sdk.context import (
     Args,
@@ -81,18 +81,21 @@ class Session:
 
 class _Watcher:
     """One stream per cluster, on the outputs of the futures this client submitted, that
-    finishes the futures as their results complete or abort: pyarmonik's Values stream
+    finishes the futures as their results complete or abort: pyarmonik's Watch stream
     (small values come with it: no download), else ArmoniK's Events."""
 
     def __init__(self, channel: grpc.Channel, session_id: str, prefix: str):
         self._events = ArmoniKEvents(channel)
-        self._values = channel.unary_stream(values.WATCH)
+        self._values = channel.unary_stream(sdk_service.WATCH)
         self._use_values = True
         self._call: Any = None
         self._session_id = session_id
         self._prefix = prefix
         self._filter = Result.name.startswith(prefix)
         self._pending: dict[str, list[Future[Any]]] = {}
+        # Futures of a `Submit` under way, by output name (their ids come with its reply,
+        # which their completion may overtake).
+        self._named: dict[str, Future[Any]] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pyarmonik-events", daemon=True)
@@ -102,6 +105,24 @@ class _Watcher:
         with self._lock:
             for future in futures:
                 self._pending.setdefault(future.result_id, []).append(future)
+
+    def watch_named(self, futures: dict[str, Future[Any]]) -> None:
+        with self._lock:
+            self._named.update(futures)
+
+    def named_to_ids(self, ids: dict[str, str]) -> None:
+        """The `Submit` replied: its futures (output name → id) are watched by id."""
+        with self._lock:
+            for name, result_id in ids.items():
+                future = self._named.pop(name, None)
+                if future is not None and not future.done():
+                    future._result_id = result_id
+                    self._pending.setdefault(result_id, []).append(future)
+
+    def unwatch_named(self, names: Iterable[str]) -> None:
+        with self._lock:
+            for name in names:
+                self._named.pop(name, None)
 
     def unwatch(self, futures: Iterable[Future[Any]]) -> None:
         with self._lock:
@@ -136,22 +157,26 @@ class _Watcher:
             self._stopping.wait(0.5)
 
     def _watch_values(self) -> None:
-        request = values.encode({"session_id": self._session_id, "name_prefix": self._prefix})
+        request = sdk_service.encode({"session_id": self._session_id, "name_prefix": self._prefix})
         self._call = self._values(request)
         if self._stopping.is_set():
             self._call.cancel()
         for message in self._call:
-            for result_id, status, data in values.decode(message)["results"]:
-                self._ended(result_id, status, data)
+            for result_id, status, data, name in sdk_service.decode(message)["results"]:
+                self._ended(result_id, status, data, name)
 
     def _handle(self, session_id: str, kind: EventTypes, event: Any) -> bool:
         self._ended(event.result_id, event.status, None)
         return self._stopping.is_set()
 
-    def _ended(self, result_id: str, status: int, data: bytes | None) -> None:
+    def _ended(self, result_id: str, status: int, data: bytes | None, name: str = "") -> None:
         if status == ResultStatus.COMPLETED or status == ResultStatus.ABORTED:
             with self._lock:
                 futures = self._pending.pop(result_id, [])
+                named = self._named.pop(name, None) if name else None
+                if named is not None:
+                    named._result_id = result_id
+                    futures.append(named)
             state = COMPLETED if status == ResultStatus.COMPLETED else FAILED
             for future in futures:
                 future._data = data
@@ -255,6 +280,9 @@ class Cluster:
         self._counter = itertools.count()
         self._functions: dict[int, tuple[Any, bytes, str | None]] = {}
         self._lock = threading.Lock()
+        # pyarmonik's one-call submission (control/sdk_service.py), until the server says
+        # it has none.
+        self._submit_call: Any = channel.unary_unary(sdk_service.SUBMIT)
         self._closed = False
         self._watcher = _Watcher(channel, session_id, self._prefix)
         register_cluster(self)
@@ -424,17 +452,23 @@ class Cluster:
         session_id = self.session.id
         function = self._function_part(task.function, len(calls))
         names = [f"{self._prefix}{task.name}#{next(self._counter)}" for _ in calls]
+        payloads, dependencies = {}, []
+        for index, (args, kwargs) in enumerate(calls):
+            data, refs = payload.encode_task(function, args, kwargs, self._ref_of)
+            payloads[f"payload:{names[index]}"] = data
+            dependencies.append(refs)
+        options = armonik_options(task.task_options, self.defaults.priority)
+        if self._submit_call is not None and all(
+            len(data) <= sdk_service.VALUE_INLINE for data in payloads.values()
+        ):
+            futures = self._submit_in_one_call(task, names, payloads, dependencies, options)
+            if futures is not None:
+                return futures
         outputs = self._results.create_results_metadata(names, session_id, batch_size=len(names))
-        futures: list[Future[Any]] = [Future(self, task.name, outputs[n].result_id) for n in names]
+        futures = [Future(self, task.name, outputs[n].result_id) for n in names]
         self._watcher.watch(futures)
         try:
-            payloads, dependencies = {}, []
-            for index, (args, kwargs) in enumerate(calls):
-                data, refs = payload.encode_task(function, args, kwargs, self._ref_of)
-                payloads[f"payload:{names[index]}"] = data
-                dependencies.append(refs)
             payload_ids = self._create_data(payloads)
-            options = armonik_options(task.task_options, self.defaults.priority)
             definitions = [
                 TaskDefinition(
                     payload_id=payload_ids[f"payload:{name}"],
@@ -453,6 +487,52 @@ class Cluster:
         except BaseException:
             self._watcher.unwatch(futures)
             raise
+        return futures
+
+    def _submit_in_one_call(
+        self,
+        task: TaskFunction[..., Any],
+        names: list[str],
+        payloads: dict[str, bytes],
+        dependencies: list[list[str]],
+        options: TaskOptions | None,
+    ) -> list[Future[Any]] | None:
+        """Submit through pyarmonik's `Submit`; None when it cannot be used for this batch
+        (not a pyarmonik server, or an argument's task failed: ArmoniK's calls handle it)."""
+        raw_options = options.to_message().SerializeToString() if options else None
+        request = {
+            "session_id": self.session.id,
+            "tasks": [
+                {
+                    "payload_name": payload_name,
+                    "payload": data,
+                    "output_name": name,
+                    "dependencies": refs,
+                    "options": raw_options,
+                }
+                for name, (payload_name, data), refs in zip(
+                    names, payloads.items(), dependencies, strict=True
+                )
+            ],
+        }
+        futures: list[Future[Any]] = [Future(self, task.name) for _ in names]
+        self._watcher.watch_named(dict(zip(names, futures, strict=True)))
+        try:
+            reply = sdk_service.decode(self._submit_call(sdk_service.encode(request)))
+        except BaseException as error:
+            self._watcher.unwatch_named(names)
+            if isinstance(error, grpc.RpcError):
+                code = error.code()  # type: ignore[attr-defined]
+                if code == grpc.StatusCode.UNIMPLEMENTED:
+                    self._submit_call = None  # not a pyarmonik server
+                    return None
+                if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
+                    return None  # ArmoniK's calls say what is wrong, or work around it
+            raise
+        ids = [created["output_id"] for created in reply["tasks"]]
+        self._watcher.named_to_ids(dict(zip(names, ids, strict=True)))
+        for future, result_id in zip(futures, ids, strict=True):
+            future._result_id = result_id
         return futures
 
     def _submit_around_failures(

@@ -375,7 +375,7 @@ class Repository:
         self, session_id: str, name_prefix: str, after: str, limit: int
     ) -> list[Result]:
         """Results of a session COMPLETED or ABORTED whose name starts with `name_prefix`,
-        by id after `after` (pages for control/values.py)."""
+        by id after `after` (pages for control/sdk_service.py)."""
         rows = await self.connection.fetch(
             "SELECT * FROM results WHERE session_id = ? AND status IN (?, ?) "
             "AND substr(name, 1, ?) = ? AND result_id > ? ORDER BY result_id LIMIT ?",
