@@ -450,6 +450,8 @@ class Backends:
         """A blob's id, start and, for a file, when it was stored (seconds into the chaos):
         enough to tell which kill left it."""
         name = opaque_id.decode()
+        if name.startswith("db:"):
+            return f"{name} (in the database)"
         if self.urls.objects is None:
             path = self.data / "objects" / name
             return f"{name} ({path.stat().st_mtime - since:.1f} s: {path.read_bytes()[:60]!r})"
@@ -463,8 +465,15 @@ class Backends:
         return f"{name} ({start[:60]!r})"
 
     def blobs(self) -> tuple[set[bytes], list[str]]:
-        """The stored blobs' opaque ids, and leftovers that are no blob: a folder's temporary
-        files, Redis chunks made permanent without their header."""
+        """The stored blobs' opaque ids (the object storage's, and the small ones the
+        database holds, storage/objects/inline.py), and leftovers that are no blob: a
+        folder's temporary files, Redis chunks made permanent without their header."""
+        rows = self._query("SELECT opaque_id FROM objects")
+        in_database = {bytes(row[0]) for row in rows}
+        blobs, leftovers = self._stored_blobs()
+        return blobs | in_database, leftovers
+
+    def _stored_blobs(self) -> tuple[set[bytes], list[str]]:
         if self.urls.objects is None:
             names = [path.name for path in (self.data / "objects").iterdir()]
             blobs = {name.encode() for name in names if not name.startswith(".")}

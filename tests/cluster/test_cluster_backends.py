@@ -146,6 +146,12 @@ def test_cluster_keeps_its_state_in_its_own_backends(backends: BackendUrls, tmp_
         # payloads and outputs of 21 client tasks, 4 children and their payloads, the
         # aggregation payload and the 4 children's outputs (the aggregate is outputs[20])
         assert len(blobs) == 21 * 2 + 4 + 4 + 1
+        # Small ones are rows of the run's schema (storage/objects/inline.py), the others
+        # in the object storage.
+        rows = pg_fetch(backends.schema, "SELECT opaque_id FROM {schema}.objects")
+        in_database = {bytes(row["opaque_id"]).decode() for row in rows}
+        assert in_database <= blobs and all(b.startswith("db:") for b in in_database)
+        blobs -= in_database
 
         # The object storage holds exactly those blobs, under the run's prefix or bucket;
         # the queue is empty, under the run's prefix or in the run's schema.

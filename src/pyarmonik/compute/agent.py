@@ -274,18 +274,9 @@ class Agent:
                 if self.reserve:
                     self.prepared.put_nowait(self.reserve.pop())
                     continue
-                try:
-                    messages, taken = await self._pull(self._batch_size())
-                except Exception:
-                    BACKEND_ERRORS.labels("queue.pull").inc()
-                    log.exception("pulling from the queue failed; retrying")
-                    messages, taken = [], {}
-                    idle = 1.0
+                messages, taken, idle = await self._pull_or_wait(self._batch_size(), idle)
                 if not messages:
-                    await self._wait_for_work(idle)
-                    idle = min(idle * 2, IDLE_POLL)
                     continue
-                idle = 0.01
                 for message in messages:
                     try:
                         held = await self._acquire(message, taken.get(message.task_id))
@@ -306,6 +297,22 @@ class Agent:
             await self._give_back_reserve()
             await self._give_back_prepared()
             self.prepared.put_nowait(None)
+
+    async def _pull_or_wait(
+        self, count: int, idle: float, start: bool = False
+    ) -> tuple[list[QueueMessage], dict[str, Acquisition], float]:
+        """`_pull`; when it brings nothing (or fails, logged), wait `idle` seconds first.
+        Returns the messages, the tasks taken, and the wait for the next empty look."""
+        try:
+            messages, taken = await self._pull(count, start)
+        except Exception:
+            BACKEND_ERRORS.labels("queue.pull").inc()
+            log.exception("pulling from the queue failed; retrying")
+            messages, taken, idle = [], {}, 1.0
+        if messages:
+            return messages, taken, 0.01
+        await self._wait_for_work(idle)
+        return messages, taken, min(idle * 2, IDLE_POLL)
 
     async def _wait_for_work(self, idle: float) -> None:
         """The queue was empty: wait before looking again (both fetch paths wait here)."""
@@ -358,8 +365,13 @@ class Agent:
             fresh = [m.task_id for m in messages if m.task_id not in self.held]
             if not fresh:
                 return messages, {}
-            async with self.backends.database.write() as repository:
-                taken = await self.processing.take(repository, fresh, now(), start)
+            try:
+                async with self.backends.database.write() as repository:
+                    taken = await self.processing.take(repository, fresh, now(), start)
+            except Exception as error:  # the messages are ours: each goes the slow path
+                BACKEND_ERRORS.labels("acquire").inc()
+                log.warning("acquiring %d pulled tasks failed: %r", len(fresh), error)
+                return messages, {}
             return messages, {a.task.task_id: a for a in taken if a.task is not None}
         if self._queue_was_empty and not await queue.visible(partition):
             return [], {}  # an empty queue is watched without taking the write lock

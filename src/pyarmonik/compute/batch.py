@@ -142,18 +142,9 @@ class BatchRunner:
                 self._room.clear()
                 await _wait_either(self._room, agent._stopping)
                 continue
-            try:
-                messages, taken = await agent._pull(room, start=True)
-            except Exception:
-                BACKEND_ERRORS.labels("queue.pull").inc()
-                log.exception("pulling from the queue failed; retrying")
-                messages, taken = [], {}
-                idle = 1.0
+            messages, taken, idle = await agent._pull_or_wait(room, idle, start=True)
             if not messages:
-                await agent._wait_for_work(idle)
-                idle = min(idle * 2, 0.1)
                 continue
-            idle = 0.01
             held: list[Held] = []
             for message in messages:
                 try:

@@ -75,11 +75,16 @@ class BlockingLink:
     """The worker's end: a connected unix socket read by one thread, written by others under
     a lock."""
 
-    def __init__(self, path: str):
-        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.socket.connect(path)
-        self._file = self.socket.makefile("rb")
+    def __init__(self, connected: socket.socket):
+        self.socket = connected
+        self._file = connected.makefile("rb")
         self._sending = threading.Lock()
+
+    @classmethod
+    def connect(cls, path: str) -> BlockingLink:
+        connected = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connected.connect(path)
+        return cls(connected)
 
     def send(self, frame: Frame) -> None:
         data = encode(frame)

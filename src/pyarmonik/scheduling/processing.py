@@ -149,10 +149,7 @@ class TaskProcessing:
         `start`: PROCESSING at once (the batched path hands them to its worker now)."""
         values = self._dispatched(received_at)
         if start:
-            stamp = values["acquired_at"]
-            values.update(
-                status=TaskStatus.PROCESSING, fetched_at=stamp, started_at=stamp, pod_ttl=stamp
-            )
+            values.update(self._started(now()))
         taken = await repository.take_tasks(task_ids, values)
         if not taken:
             return []
@@ -204,15 +201,19 @@ class TaskProcessing:
 
     # -- running -----------------------------------------------------------------------------
 
-    async def start(self, task: Task, fetched_at: float) -> Task | None:
-        """DISPATCHED → PROCESSING; None when the task was paused or cancelled meanwhile."""
+    @staticmethod
+    def _started(fetched_at: float) -> dict[str, Any]:
         stamp = now()
-        values: dict[str, Any] = {
+        return {
             "status": TaskStatus.PROCESSING,
             "fetched_at": fetched_at,
             "started_at": stamp,
             "pod_ttl": stamp,
         }
+
+    async def start(self, task: Task, fetched_at: float) -> Task | None:
+        """DISPATCHED → PROCESSING; None when the task was paused or cancelled meanwhile."""
+        values = self._started(fetched_at)
         async with self.backends.database.write() as repository:
             started = await repository.update(
                 Task,
@@ -233,13 +234,7 @@ class TaskProcessing:
     async def start_many(self, tasks: list[Task], fetched_at: float) -> list[Task]:
         """DISPATCHED → PROCESSING for many tasks in one statement; those paused or
         cancelled meanwhile are left out (see `start`)."""
-        stamp = now()
-        values: dict[str, Any] = {
-            "status": TaskStatus.PROCESSING,
-            "fetched_at": fetched_at,
-            "started_at": stamp,
-            "pod_ttl": stamp,
-        }
+        values = self._started(fetched_at)
         async with self.backends.database.write() as repository:
             started = set(
                 await repository.update(

@@ -109,7 +109,7 @@ class BatchWorker:
     """Runs the batches an agent sends over the socket at `path`, until the agent hangs up."""
 
     def __init__(self, path: str):
-        self.link = BlockingLink(path)
+        self.link = BlockingLink.connect(path)
         self._pending: deque[Frame] = deque()
         self._ready = threading.Condition()
         self._closed = False
