@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from armonik.common import Task, TaskStatus
 
 from pyarmonik.local import FUNCTION_WORKER
-from pyarmonik.sdk import Cluster, task, wait
+from pyarmonik.sdk import Cluster, TaskError, task, wait
 from tests.helpers import REPO, LocalProcess, free_port
 from tests.sdk.support import by_value
 
@@ -133,3 +134,20 @@ def test_agent_killed_mid_batch_reruns_only_its_unfinished_tasks_once(tmp_path: 
         listed = attempts(cluster)
         completed = Counter(t.initial_task_id for t in listed if t.status == TaskStatus.COMPLETED)
         assert len(completed) == count + 200 and set(completed.values()) == {1}
+
+
+@task(max_duration=1, max_retries=1)
+def sleeps_too_long() -> None:
+    time.sleep(60)
+
+
+def test_a_task_past_its_max_duration_times_out_and_the_worker_goes_on(tmp_path: Path) -> None:
+    with function_cluster(tmp_path / "cluster", 1) as cluster:
+        assert noop.submit(0).result(60) == 0
+        doomed = sleeps_too_long.submit()
+        after = noop.submit(7)  # batched behind it: given back, then run by the new worker
+        with pytest.raises(TaskError, match="TIMEOUT"):
+            doomed.result(60)
+        assert after.result(60) == 7
+        owner = cluster._results.get_owner_task_id([doomed.result_id], cluster.session.id)
+        assert cluster._tasks.get_task(owner[doomed.result_id]).status == TaskStatus.TIMEOUT

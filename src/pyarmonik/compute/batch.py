@@ -415,27 +415,35 @@ class BatchRunner:
     async def _watch_loop(self) -> None:
         """Take back the tasks queued behind a long one; stop a task past its max_duration
         or cancelled (every `cancel_poll`)."""
-        agent = self.agent
-        loop = asyncio.get_running_loop()
-        next_cancel_check = loop.time()
+        next_cancel_check = asyncio.get_running_loop().time()
         while True:
             await asyncio.sleep(WATCH_EVERY)
             life = self.life
             if life is None or not life.window:
                 continue
+            try:
+                next_cancel_check = await self._watch(life, next_cancel_check)
+            except Exception:  # the watch goes on: a task past its time must still stop
+                log.exception("watching the worker's tasks failed")
+
+    async def _watch(self, life: WorkerLife, next_cancel_check: float) -> float:
+        """One look at the running task; returns when to check cancellations next."""
+        agent, loop = self.agent, asyncio.get_running_loop()
+        if life.window:
             running = next(iter(life.window.values()))
             elapsed = now() - max(life.running_since, running.sent_at)
             if elapsed > running.held.task.options.max_duration:
                 self._kill(life, Stop("timeout", "Deadline exceeded (max_duration)"))
-                continue
+                return next_cancel_check
             if elapsed > HOLD:
                 # A long task: the window shrinks to it, what waits behind it goes back.
                 self.mean_seconds = max(self.mean_seconds, elapsed)
                 if len(life.window) > 1:
                     await self._take_back(life)
-            if loop.time() >= next_cancel_check:
-                next_cancel_check = loop.time() + agent.settings.cancel_poll
-                await self._check_cancellations(life)
+        if life.window and loop.time() >= next_cancel_check:
+            next_cancel_check = loop.time() + agent.settings.cancel_poll
+            await self._check_cancellations(life)
+        return next_cancel_check
 
     async def _take_back(self, life: WorkerLife) -> None:
         """Ask the worker for the tasks it has not started, and give them back."""
