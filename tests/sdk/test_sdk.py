@@ -17,6 +17,7 @@ from armonik.common import TaskStatus
 
 import pyarmonik
 from pyarmonik import Cluster, Future, as_completed, task, wait
+from pyarmonik.control import sdk_service
 from pyarmonik.sdk import FIRST_COMPLETED, RemoteTraceback, TaskError, WaitInsideTaskError
 from tests.helpers import REPO
 from tests.sdk.support import by_value, function_worker_cluster
@@ -351,3 +352,18 @@ def test_official_client_alone(cluster: Cluster) -> None:
         assert not bad_task.retry_of_ids
         assert "Python 2.7.18 on the client" in bad_task.output.error
         assert "same Python and cloudpickle versions" in bad_task.output.error
+
+
+def test_armoniks_calls_alone_against_a_server_without_the_sdk_service(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against another ArmoniK server (UNIMPLEMENTED), the SDK submits with CreateResults,
+    CreateResultsMetaData and SubmitTasks, and follows Events and downloads."""
+    monkeypatch.setattr(sdk_service, "SUBMIT", "/pyarmonik.v1.Missing/Submit")
+    monkeypatch.setattr(sdk_service, "WATCH", "/pyarmonik.v1.Missing/Watch")
+    with Cluster.connect(cluster.endpoint, max_duration=120) as plain:
+        assert plain.submit(square, 7).result(60) == 49
+        assert plain._submit_call is None and not plain._watcher._use_values
+        assert [f.result(60) for f in add.map([1, 2], [10, 20])] == [11, 22]
+        with pytest.raises(ValueError, match="negative input -2"):
+            plain.submit(fails, -2).result(60)

@@ -148,8 +148,12 @@ class _Watcher:
             except grpc.RpcError as error:
                 if self._stopping.is_set():
                     return
-                if error.code() == grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
-                    self._use_values = False  # not a pyarmonik server: ArmoniK's Events
+                code = error.code()  # type: ignore[attr-defined]
+                if self._use_values and code in (
+                    grpc.StatusCode.UNIMPLEMENTED,  # not a pyarmonik server
+                    grpc.StatusCode.PERMISSION_DENIED,  # Events may still be allowed
+                ):
+                    self._use_values = False
                     continue
                 log.debug("events stream interrupted (%s), reconnecting", error)
             except Exception:
