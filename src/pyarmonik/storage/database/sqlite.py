@@ -470,8 +470,15 @@ class SqliteDatabase:
             # Listening from now on: a commit between the caller's last read and now was
             # not sent to us, so the caller looks again first.
             self._changed.set()
-        with suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+        else:
+            self.wakeups.resume()
+        try:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+        finally:
+            # Between two waits the caller is busy reading: other processes' commits wait
+            # in the socket instead of interrupting it (the next wait reads them first).
+            self.wakeups.pause()
         self._changed.clear()
 
     async def check_health(self) -> None:

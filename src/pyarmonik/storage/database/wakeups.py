@@ -105,6 +105,18 @@ class Wakeups:
         self._socket = receiver
         return True
 
+    def pause(self) -> None:
+        """Stop reading wake-ups until `resume` (a busy process is not interrupted by them:
+        they wait in the socket's queue, or are dropped once it is full)."""
+        if self._socket is not None and self._loop is not None:
+            self._loop.remove_reader(self._socket.fileno())
+
+    def resume(self) -> None:
+        """Read wake-ups again, those that came meanwhile first."""
+        if self._socket is not None and self._loop is not None:
+            self._loop.add_reader(self._socket.fileno(), self._drain)
+            self._drain()
+
     def _drain(self) -> None:
         assert self._socket is not None
         count = 0
