@@ -145,9 +145,7 @@ class AgentApi(AgentServicer):  # type: ignore[misc]
         subtasks = plan_tasks(
             task.session, optional_options(request, "task_options"), creations, parent=task.task
         )
-        await self._check_known(
-            task, {i for t in subtasks for i in [*t.dependencies, *t.expected_output_ids]}
-        )
+        await check_known(self.backends, task.task, task.created_ids(), subtasks)
         task.outcome.subtasks += subtasks
         return pb.SubmitTasksResponse(
             task_infos=[
@@ -174,20 +172,6 @@ class AgentApi(AgentServicer):  # type: ignore[misc]
                 return await self._store(task, data)
         return await objects.put_file(path, owner=task.task.task_id)
 
-    async def _check_known(self, task: TaskContext, ids: set[str]) -> None:
-        """Results a subtask refers to must exist in the session, or be created by this task."""
-        pending = sorted(ids - task.created_ids())
-        async with self.backends.database.read() as repository:
-            found = {
-                r.result_id
-                for r in await repository.find(
-                    Result, {"result_id": pending, "session_id": task.task.session_id}
-                )
-            }
-        missing = [i for i in pending if i not in found]
-        if missing:
-            raise NotFound(f"Results not found: {', '.join(missing[:10])}")
-
     @rpc
     async def GetResourceData(
         self, request: pb.DataRequest, context: grpc.aio.ServicerContext
@@ -201,6 +185,26 @@ class AgentApi(AgentServicer):  # type: ignore[misc]
             raise NotFound(f"Result {request.result_id} has no data ({result.status.name})")
         await write_blob(self.backends, result.opaque_id, task.folder / result.result_id)
         return pb.DataResponse(result_id=result.result_id)
+
+
+async def check_known(
+    backends: Backends, task: Task, created: set[str], subtasks: list[Task]
+) -> None:
+    """Results the subtasks refer to must exist in the task's session, or be `created` by it."""
+    ids = {i for t in subtasks for i in [*t.dependencies, *t.expected_output_ids]}
+    pending = sorted(ids - created)
+    if not pending:
+        return
+    async with backends.database.read() as repository:
+        found = {
+            r.result_id
+            for r in await repository.find(
+                Result, {"result_id": pending, "session_id": task.session_id}
+            )
+        }
+    missing = [i for i in pending if i not in found]
+    if missing:
+        raise NotFound(f"Results not found: {', '.join(missing[:10])}")
 
 
 async def store_output(

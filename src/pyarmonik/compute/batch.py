@@ -26,7 +26,7 @@ from typing import Any
 from armonik.protogen.common import agent_common_pb2
 
 from pyarmonik.compute.agent import Agent, Ended, Held
-from pyarmonik.compute.agent_api import store_output
+from pyarmonik.compute.agent_api import check_known, store_output
 from pyarmonik.compute.frames import Frame, FrameError
 from pyarmonik.compute.worker_process import BatchChannel
 from pyarmonik.control.convert import task_creations
@@ -343,31 +343,11 @@ class BatchRunner:
             outcome.subtasks = plan_tasks(
                 held.session, None, task_creations(creations), parent=task
             )
-            await self._check_known(
-                task,
-                created,
-                {i for t in outcome.subtasks for i in [*t.dependencies, *t.expected_output_ids]},
-            )
+            await check_known(self.backends, task, created, outcome.subtasks)
         for result_id, blob in data.items():
             opaque_id, size = await store_output(self.objects, outcome, task.task_id, blob)
             outcome.stored.append(StoredResult(result_id, opaque_id, size))
         return outcome
-
-    async def _check_known(self, task: Task, created: set[str], ids: set[str]) -> None:
-        """Results a subtask refers to exist in the session, or are created by the task."""
-        pending = sorted(ids - created)
-        if not pending:
-            return
-        async with self.backends.database.read() as repository:
-            found = {
-                r.result_id
-                for r in await repository.find(
-                    Result, {"result_id": pending, "session_id": task.session_id}
-                )
-            }
-        missing = [i for i in pending if i not in found]
-        if missing:
-            raise NotFound(f"Results not found: {', '.join(missing[:10])}")
 
     async def _resource(self, life: WorkerLife, frame: Frame) -> None:
         """GetResourceData of the batched protocol: a result of the task's session."""
