@@ -5,7 +5,10 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -e '.[dev]'
-.venv/bin/ruff check src tests
-.venv/bin/ruff format --check src tests
+# The backend plugins shipped in plugins/ (docs/plugins.md): the contract suites run on them.
+.venv/bin/pip install -q -e plugins/pyarmonik-sqs -e plugins/pyarmonik-nats
+.venv/bin/ruff check src tests plugins
+.venv/bin/ruff format --check src tests plugins
 .venv/bin/mypy
+.venv/bin/mypy --strict plugins/pyarmonik-sqs/src plugins/pyarmonik-nats/src
 .venv/bin/pytest -q "$@"

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pyarmonik.domain.errors import InvalidArgument
@@ -35,6 +35,9 @@ class PartitionSettings(BaseModel):
     pod_configuration: dict[str, str] = Field(default_factory=dict)
     agents: int | None = None
     worker: str | None = None
+    # Partitions whose tasks these agents also run, in this order, when this one has none
+    # (they must have the same worker: one worker runs them all).
+    also_serves: list[str] = Field(default_factory=list)
 
     @field_validator("id")
     @classmethod
@@ -62,6 +65,12 @@ class Settings(BaseSettings):
     port: int = 5001
     http_port: int | None = None  # /metrics and health; None: no HTTP server
     http_port_strict: bool = True  # False: a taken http_port is replaced by a free one
+    # Origins whose pages may call gRPC-Web on the HTTP port (CORS); "*" for any. Empty: only
+    # pages served by the HTTP port itself.
+    grpc_web_origins: list[str] = Field(default_factory=list)
+    # A build of ArmoniK's own Admin GUI (its dist/admin/browser, scripts/official-gui.sh),
+    # served at /admin/ on the HTTP port (docs/official-gui.md). PYARMONIK_OFFICIAL_GUI_DIR.
+    official_gui_dir: Path | None = None
     data_dir: Path = Path("pyarmonik-data")
     database: str = ""  # default: sqlite:///<data_dir>/pyarmonik.db
     queue: str = ""  # default: a queue table in the database
@@ -76,6 +85,10 @@ class Settings(BaseSettings):
     # storage (storage/objects/inline.py); 0: none. `inline_threshold` in the file,
     # PYARMONIK_INLINE_THRESHOLD.
     inline_threshold: int = Field(default=DEFAULT_INLINE_THRESHOLD, ge=0)
+    # Within a partition and a priority, "fair" serves the sessions' ready tasks in turn, "fifo"
+    # in arrival order (ArmoniK's). PYARMONIK_QUEUE_ORDER; every process of a cluster should
+    # agree (the agents push too). docs/reliability.md, "Fair share between sessions".
+    queue_order: Literal["fair", "fifo"] = "fair"
     log_level: str = "INFO"
     # OpenTelemetry traces over OTLP/gRPC (e.g. http://127.0.0.1:4317); empty: off, unless
     # OTEL_EXPORTER_OTLP_ENDPOINT is set.
@@ -125,6 +138,23 @@ class Settings(BaseSettings):
 
     def partition_list(self) -> list[PartitionSettings]:
         return self.partitions or [PartitionSettings(id=self.default_partition)]
+
+    @model_validator(mode="after")
+    def _shared_partitions(self) -> Settings:
+        """A partition's agents may also serve only declared partitions of the same worker."""
+        declared = {p.id: p for p in self.partitions}
+        for partition in self.partitions:
+            for other in partition.also_serves:
+                if other not in declared:
+                    raise ValueError(
+                        f"partition {partition.id} also serves {other}, which is not declared"
+                    )
+                if declared[other].worker != partition.worker:
+                    raise ValueError(
+                        f"partition {partition.id} also serves {other}, whose worker differs: "
+                        "an agent runs one worker for every partition it serves"
+                    )
+        return self
 
 
 def _armonik_environment() -> dict[str, Any]:

@@ -1,7 +1,11 @@
 """Fixtures of the queue and object-storage contract suites (imported by those test modules).
 
-Real servers: RabbitMQ and Redis on 127.0.0.1 (skipped when absent, failed when CI=true),
-and an in-process moto S3 server.
+Real servers: RabbitMQ, Redis and NATS on 127.0.0.1 (skipped when absent, failed when CI=true),
+and an in-process moto server (S3, SQS).
+
+Third-party adapters (plugins, docs/plugins.md) join the suites through their URLs:
+PYARMONIK_TEST_QUEUE_URLS / PYARMONIK_TEST_OBJECT_URLS, space-separated, each opened through
+its entry point; `{unique}` in a URL becomes a fresh name for each test (a prefix, a bucket).
 """
 
 from __future__ import annotations
@@ -22,6 +26,29 @@ from pyarmonik.storage.queue import Queue
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 REDIS_URL = "redis://127.0.0.1:6379/0"
+NATS_URL = "nats://127.0.0.1:4222/?prefix={unique}&ack_wait=1&pull_wait=0.2"
+SQS_URL = "sqs://testing:testing@us-east-1/?endpoint={endpoint}&prefix={unique}&pull_wait=0.2"
+# The queue plugins shipped in plugins/, with the command that installs each.
+PLUGINS = {
+    "nats": "pip install -e plugins/pyarmonik-nats",
+    "sqs": "pip install -e plugins/pyarmonik-sqs",
+}
+
+
+def plugin_urls(variable: str) -> list[str]:
+    """Adapter URLs of a third party's plugin from the environment (see the docstring)."""
+    return os.environ.get(variable, "").split()
+
+
+def require_plugin(kind: Any, scheme: str, install: str) -> None:
+    """Skip when no adapter serves `scheme` (failed when CI=true, which installs them all)."""
+    from pyarmonik.storage.plugins import installed
+
+    if scheme not in installed(kind):
+        reason = f"no {kind} plugin for {scheme}:// is installed ({install})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI=true requires it")
+        pytest.skip(reason)
 
 
 def require_service(name: str, host: str, port: int) -> None:
@@ -46,26 +73,34 @@ def free_port() -> int:
 
 @dataclass
 class QueueBackend:
-    """One queue backend: `make()` returns another started consumer/producer on it."""
+    """One queue backend: `make()` returns another started consumer/producer on it
+    (`make(fair=False)`: one serving in strict FIFO order within a priority)."""
 
     name: str
-    make: Callable[[], Awaitable[Queue]]
+    make: Callable[..., Awaitable[Queue]]
     opened: list[Any] = field(default_factory=list)
 
 
-@pytest.fixture(params=["table-sqlite", "rabbitmq"])
+@pytest.fixture(
+    params=["table-sqlite", "rabbitmq", "nats", "sqs"]
+    + [f"url:{url}" for url in plugin_urls("PYARMONIK_TEST_QUEUE_URLS")]
+)
 async def queue_backend(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[QueueBackend]:
+    if request.param in PLUGINS or request.param.startswith("url:"):
+        async for plugin in _plugin_queue_backend(request, tmp_path):
+            yield plugin
+        return
     if request.param == "table-sqlite":
         from pyarmonik.storage.database.sqlite import SqliteDatabase
         from pyarmonik.storage.queue.table import TableQueue
 
-        async def make() -> Queue:
+        async def make(fair: bool = True) -> Queue:
             # One database object per consumer, as if each were its own process.
             database = SqliteDatabase(tmp_path / "db.sqlite")
             await database.start()
-            queue = TableQueue(database)
+            queue = TableQueue(database, fair=fair)
             await queue.start()
             backend.opened += [queue, database]
             return queue
@@ -76,8 +111,8 @@ async def queue_backend(
 
         prefix = f"pyarmonik-test-{uuid.uuid4().hex[:12]}"
 
-        async def make() -> Queue:
-            queue = RabbitQueue(RABBITMQ_URL, prefix=prefix)
+        async def make(fair: bool = True) -> Queue:
+            queue = RabbitQueue(RABBITMQ_URL, prefix=prefix, fair=fair)
             await queue.start()
             backend.opened.append(queue)
             return queue
@@ -96,6 +131,47 @@ async def queue_backend(
             channel = await connection.channel()
             for name in declared:
                 await channel.queue_delete(name)
+
+
+async def _plugin_queue_backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[QueueBackend]:
+    """A queue opened by URL through its entry point, as pyarmonik opens it; each consumer
+    with a database of its own (a plugin may keep its queue there, as `table` does)."""
+    from pyarmonik.storage.database.sqlite import SqliteDatabase
+    from pyarmonik.storage.factory import open_queue
+    from pyarmonik.storage.plugins import scheme_of
+
+    name: str = request.param
+    if name == "nats":
+        require_plugin("queue", "nats", PLUGINS["nats"])
+        require_service("NATS", "127.0.0.1", 4222)
+        template = NATS_URL
+    elif name == "sqs":
+        require_plugin("queue", "sqs", PLUGINS["sqs"])
+        template = SQS_URL.replace("{endpoint}", request.getfixturevalue("s3_endpoint"))
+    else:
+        template = name.removeprefix("url:")
+        require_plugin("queue", scheme_of(template), "install the plugin")
+    url = template.replace("{unique}", f"t{uuid.uuid4().hex[:12]}")
+
+    async def make(fair: bool = True) -> Queue:
+        database = SqliteDatabase(tmp_path / "plugin-db.sqlite")
+        await database.start()
+        queue = open_queue(url, database, fair=fair)
+        await queue.start()
+        backend.opened += [queue, database]
+        return queue
+
+    backend = QueueBackend(name, make)
+    yield backend
+    # An adapter may offer `drop()`: delete what its prefix made on the server.
+    droppers = [queue for queue in backend.opened if hasattr(queue, "drop")]
+    if droppers:
+        with contextlib.suppress(Exception):
+            await droppers[-1].drop()
+    for opened in backend.opened:
+        await opened.close()
 
 
 # ---------------------------------------------------------------------------- object storage
@@ -122,7 +198,10 @@ def s3_endpoint() -> Iterator[str]:
     server.stop()
 
 
-@pytest.fixture(params=["files", "redis", "s3", "inline-sqlite-files", "inline-postgres-redis"])
+@pytest.fixture(
+    params=["files", "redis", "s3", "inline-sqlite-files", "inline-postgres-redis"]
+    + [f"url:{url}" for url in plugin_urls("PYARMONIK_TEST_OBJECT_URLS")]
+)
 async def object_backend(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[ObjectBackend]:
@@ -137,6 +216,24 @@ async def open_object_backend(
     if name.startswith("inline-"):
         async for backend in _inline_backend(name, request, tmp_path):
             yield backend
+    elif name.startswith("url:"):
+        from pyarmonik.storage.factory import open_objects
+        from pyarmonik.storage.plugins import scheme_of
+
+        template = name.removeprefix("url:")
+        require_plugin("objects", scheme_of(template), "install the plugin")
+        plugin = open_objects(template.replace("{unique}", f"t{uuid.uuid4().hex[:12]}"))
+        await plugin.start()
+
+        async def plugin_left() -> list[str]:
+            # The leak checks need the adapter's `leftovers()`: what it still stores.
+            listing = getattr(plugin, "leftovers", None)
+            if listing is None:
+                pytest.skip("the adapter has no leftovers(): nothing left behind is checked")
+            return sorted(await listing())
+
+        yield ObjectBackend(name, plugin, plugin_left)
+        await plugin.close()
     elif name == "files":
         from pyarmonik.storage.objects.files import FileStorage
 

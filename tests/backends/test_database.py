@@ -862,7 +862,7 @@ async def test_postgres_concurrent_starts_and_restart() -> None:
             async with databases[3].read() as repository:
                 assert [t.task_id for t in await repository.find(Task, {})] == ["t1"]
                 versions = await repository.connection.fetch("SELECT version FROM schema_version")
-                assert [row["version"] for row in versions] == [1, 2, 3, 4]
+                assert [row["version"] for row in versions] == [1, 2, 3, 4, 5]
         finally:
             for database in databases:
                 await database.close()

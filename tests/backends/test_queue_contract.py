@@ -8,12 +8,13 @@ import time
 import pytest
 
 from pyarmonik.domain.errors import Unavailable
-from pyarmonik.storage.queue import Queue, QueueMessage
+from pyarmonik.storage.queue import Queue, QueueMessage, unsupported
 from tests.backends import conftest_queue_objects as fixtures
 from tests.backends.conftest_queue_objects import QueueBackend
 
 pytestmark = pytest.mark.timeout(60)
 queue_backend = fixtures.queue_backend  # the parametrised fixture, used by name
+s3_endpoint = fixtures.s3_endpoint  # moto's server, for the SQS plugin
 
 LEASE = 30.0
 
@@ -45,13 +46,30 @@ def ids(messages: list[QueueMessage]) -> list[str]:
     return [message.task_id for message in messages]
 
 
+def requires(queue: Queue, *capabilities: str) -> None:
+    """Skip, with the adapter's reason, a case needing what the queue declares it lacks."""
+    for capability in capabilities:
+        if capability in (lacking := unsupported(queue)):
+            pytest.skip(f"the queue declares no {capability}: {lacking[capability]}")
+
+
 async def test_healthy_once_started(queue_backend: QueueBackend) -> None:
     queue = await queue_backend.make()
     await queue.check_health()
 
 
+async def test_priority_first(queue_backend: QueueBackend) -> None:
+    """Higher priorities first, whatever the order within one."""
+    queue = await queue_backend.make()
+    requires(queue, "priority")
+    await queue.push("p", [("a", 1), ("b", 50), ("c", 99), ("d", 50), ("e", 1), ("f", 99)])
+    got = [message for _ in range(6) for message in await pull_until(queue, "p", 1)]
+    assert [sorted(ids(got[n : n + 2])) for n in (0, 2, 4)] == [["c", "f"], ["b", "d"], ["a", "e"]]
+
+
 async def test_priority_first_then_fifo(queue_backend: QueueBackend) -> None:
     queue = await queue_backend.make()
+    requires(queue, "priority", "arrival_order")
     # Priorities far apart: RabbitMQ folds 1..99 onto max_priority levels.
     await queue.push("p", [("a", 1), ("b", 50), ("c", 99), ("d", 50), ("e", 1), ("f", 99)])
     await queue.push("p", [("g", 99)])
@@ -153,6 +171,77 @@ async def test_depth_counts_waiting_and_held(queue_backend: QueueBackend) -> Non
     assert await eventually_depth(queue, "p", 2) == 2
 
 
+# ------------------------------------------------------------- fair share between sessions
+
+
+async def serve_one_by_one(queue: Queue, partition: str, n: int) -> list[str]:
+    """Pull and ack `n` messages one at a time, as a single agent would; their ids in order."""
+    served: list[str] = []
+    for _ in range(n):
+        got = await pull_until(queue, partition, 1)
+        assert got, f"only {len(served)} of {n} messages came"
+        served += ids(got)
+        await queue.ack(got)
+    return served
+
+
+async def test_a_small_session_is_not_stuck_behind_a_big_one(queue_backend: QueueBackend) -> None:
+    queue = await queue_backend.make()
+    requires(queue, "fair_share")
+    big = [f"a{n}" for n in range(200)]
+    small = [f"b{n}" for n in range(20)]
+    await queue.push("p", [(task_id, 5) for task_id in big], session_id="A")
+    served = await serve_one_by_one(queue, "p", 10)  # A is being served when B comes
+    await queue.push("p", [(task_id, 5) for task_id in small], session_id="B")
+    while not set(small) <= set(served):
+        served += await serve_one_by_one(queue, "p", 1)
+    # B's 20 were all served while A still had more than half of its 200 to go.
+    assert sum(task_id in big for task_id in served) < len(big) / 2
+    rest = await serve_one_by_one(queue, "p", len(big) + len(small) - len(served))
+    assert sorted(served + rest) == sorted(big + small)
+    assert [t for t in served + rest if t in big] == big  # each session in its own order
+    assert [t for t in served + rest if t in small] == small
+
+
+async def test_priority_wins_over_turns(queue_backend: QueueBackend) -> None:
+    queue = await queue_backend.make()
+    requires(queue, "priority")
+    await queue.push("p", [(f"a{n}", 1) for n in range(30)], session_id="A")
+    await queue.push("p", [(f"b{n}", 1) for n in range(5)], session_id="B")
+    await queue.push("p", [(f"c{n}", 99) for n in range(3)], session_id="C")
+    await queue.push("p", [("a-urgent", 99)], session_id="A")
+    served = await serve_one_by_one(queue, "p", 39)
+    assert sorted(served[:4]) == ["a-urgent", "c0", "c1", "c2"]
+    assert sorted(served[4:]) == sorted([f"a{n}" for n in range(30)] + [f"b{n}" for n in range(5)])
+
+
+async def test_strict_fifo_when_asked(queue_backend: QueueBackend) -> None:
+    queue = await queue_backend.make(fair=False)
+    requires(queue, "priority", "arrival_order")
+    big = [f"a{n}" for n in range(50)]
+    await queue.push("fifo", [(task_id, 5) for task_id in big], session_id="A")
+    await queue.push("fifo", [("b0", 5), ("b1", 5)], session_id="B")
+    await queue.push("fifo", [("c0", 99)], session_id="C")
+    assert await serve_one_by_one(queue, "fifo", 53) == ["c0", *big, "b0", "b1"]
+
+
+async def test_either_order_serves_a_queue_made_in_the_other(
+    queue_backend: QueueBackend,
+) -> None:
+    """Processes of a cluster switched from one order to the other (RabbitMQ keeps the queue
+    as it was made): every message is still served, once."""
+    fifo, fair = await queue_backend.make(fair=False), await queue_backend.make()
+    requires(fair, "priority")
+    await fifo.push("made-fifo", [("a", 1), ("b", 1)], session_id="A")
+    await fair.push("made-fifo", [("c", 1)], session_id="B")
+    await fair.push("made-fair", [("d", 1), ("e", 1)], session_id="A")
+    await fifo.push("made-fair", [("f", 99)], session_id="B")
+    assert sorted(await serve_one_by_one(fair, "made-fifo", 3)) == ["a", "b", "c"]
+    assert (await serve_one_by_one(fifo, "made-fair", 3))[0] == "f"
+    for queue, partition in ((fair, "made-fifo"), (fifo, "made-fair")):
+        assert await queue.pull(partition, 5, LEASE) == []
+
+
 # ---------------------------------------------------------------------------- RabbitMQ only
 
 
@@ -173,3 +262,15 @@ def test_rabbitmq_priority_scale_is_monotonic() -> None:
     levels = [queue.amqp_priority(priority) for priority in range(0, 120)]
     assert levels == sorted(levels)
     assert levels[1] == 0 and levels[99] == 9 and levels[119] == 9
+
+
+def test_rabbitmq_fair_bands_stay_within_their_level() -> None:
+    from pyarmonik.storage.queue.rabbitmq import BANDS, RabbitQueue
+
+    queue = RabbitQueue("amqp://127.0.0.1/", max_priority=10)
+    for priority in (1, 50, 99):
+        level = queue.amqp_priority(priority)
+        bands = [queue.fair_priority(priority, ahead) for ahead in range(0, 5000, 7)]
+        assert bands == sorted(bands, reverse=True)  # the more ahead, the lower
+        assert {b // BANDS for b in bands} == {level}  # never into another level
+    assert queue.fair_priority(1, 0) > queue.fair_priority(1, 1000)

@@ -182,3 +182,45 @@ async def test_work_inside_a_transaction_commits_or_rolls_back_with_it(database:
         assert ids(pulled) == ["b"]  # the rolled back delivery left it visible
         await queue.ack_within(repository, pulled)
     assert ids(await queue.pull("p", 5, LONG)) == ["a"]
+
+
+async def test_sessions_take_turns_on_both_databases(database: Database) -> None:
+    """Fair share: at equal priority, sessions alternate (a newcomer is served next); the
+    order of each session and the priority levels are kept."""
+    queue = await make_queue(database)
+    await queue.push("p", [(f"a{n}", 1) for n in range(6)], session_id="A")
+    assert ids(await queue.pull("p", 2, LONG)) == ["a0", "a1"]
+    await queue.push("p", [("b0", 1), ("b1", 1)], session_id="B")
+    await queue.push("p", [("c0", 1)], session_id="C")
+    await queue.push("p", [("a6", 1)], session_id="A")
+    await queue.push("p", [("high", 2)], session_id="A")
+    order = [task_id for _ in range(9) for task_id in ids(await queue.pull("p", 1, LONG))]
+    assert order == ["high", "a2", "b0", "c0", "a3", "b1", "a4", "a5", "a6"]
+
+
+async def test_fifo_queue_keeps_arrival_order(database: Database) -> None:
+    queue = TableQueue(database, fair=False)
+    await queue.start()
+    await queue.push("p", [("a0", 1), ("a1", 1)], session_id="A")
+    await queue.push("p", [("b0", 1)], session_id="B")
+    await queue.push("p", [("a2", 1)], session_id="A")
+    assert ids(await queue.pull("p", 4, LONG)) == ["a0", "a1", "b0", "a2"]
+
+
+async def test_a_queue_table_made_before_fair_share_is_upgraded(database: Database) -> None:
+    """The columns of fair share are added at start; messages queued before are kept (and
+    served first: they wait already)."""
+    await (await make_queue(database)).push("p", [("old", 1)])
+    async with database.write() as repository:  # back to the table of before
+        for statement in (
+            "DROP INDEX queue_fair",
+            "DROP INDEX queue_session",
+            "ALTER TABLE queue DROP COLUMN session_id",
+            "ALTER TABLE queue DROP COLUMN vtime",
+            "CREATE INDEX queue_pull ON queue (partition_id, priority DESC, id)",
+        ):
+            await repository.connection.execute(statement)
+    queue = await make_queue(database)
+    await make_queue(database)  # a second start finds the columns there
+    await queue.push("p", [("new", 1)], session_id="A")
+    assert ids(await queue.pull("p", 5, LONG)) == ["old", "new"]

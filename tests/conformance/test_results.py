@@ -144,6 +144,20 @@ def test_unknown_results_are_not_found(
     assert code_of(lambda: results.download_result_data(foreign, session_id)) == NOT_FOUND
 
 
+def test_download_by_result_id_alone(
+    results: ArmoniKResults, results_stub: ResultsStub, session_id: str
+) -> None:
+    """As Core, which looks the result up by its id: ArmoniK's Admin GUI sends no session id."""
+    result_id = results.create_results({"r": b"by id"}, session_id)["r"].result_id
+
+    def download(result: str) -> bytes:
+        request = pb.DownloadResultDataRequest(result_id=result)
+        return b"".join(m.data_chunk for m in results_stub.DownloadResultData(request))
+
+    assert download(result_id) == b"by id"
+    assert code_of(lambda: download("nope")) == NOT_FOUND
+
+
 def test_download_without_data_is_not_found(results: ArmoniKResults, session_id: str) -> None:
     result_id = results.create_results_metadata(["empty"], session_id)["empty"].result_id
     assert code_of(lambda: results.download_result_data(result_id, session_id)) == NOT_FOUND

@@ -19,10 +19,14 @@ import grpc
 import pytest
 from armonik.client import ArmoniKResults, ArmoniKSessions, ArmoniKTasks
 from armonik.common import ResultStatus, TaskDefinition, TaskOptions, create_channel
+from armonik.protogen.client import submitter_service_pb2
 from armonik.protogen.client.auth_service_pb2_grpc import AuthenticationStub
-from armonik.protogen.common import auth_common_pb2
+from armonik.protogen.client.submitter_service_pb2_grpc import SubmitterStub
+from armonik.protogen.common import auth_common_pb2, objects_pb2
+from armonik.protogen.common import submitter_common_pb2 as submitter_pb
 
 from pyarmonik.certificates import issue_client_certificate, issue_server_certificate, make_ca
+from pyarmonik.control.auth import permissions_of
 from pyarmonik.domain.auth import ALL_SESSIONS, MONITORING_PERMISSIONS, PERMISSIONS
 from pyarmonik.scheduling.auth import AuthStore
 from tests.helpers import (
@@ -231,6 +235,49 @@ def sdk_submit(channel: grpc.Channel, session_id: str) -> Any:
     return channel.unary_unary(sdk_service.SUBMIT)(request, timeout=5)
 
 
+def submitter_sessions(channel: grpc.Channel) -> list[str]:
+    """The legacy Submitter service: a unary call."""
+    return list(SubmitterStub(channel).ListSessions(submitter_pb.SessionFilter()).session_ids)
+
+
+def submitter_result(channel: grpc.Channel, session_id: str, result_id: str) -> bytes:
+    """The legacy Submitter service: a server stream (a result's data)."""
+    request = objects_pb2.ResultRequest(session=session_id, result_id=result_id)
+    replies = list(SubmitterStub(channel).TryGetResultStream(request, timeout=5))
+    return b"".join(r.result.data for r in replies)
+
+
+def submitter_large(channel: grpc.Channel, session_id: str) -> Any:
+    """The legacy Submitter service: a client stream (no task in it)."""
+    init = submitter_pb.CreateLargeTaskRequest.InitRequest(session_id=session_id)
+    end = objects_pb2.InitTaskRequest(last_task=True)
+    requests = [
+        submitter_pb.CreateLargeTaskRequest(init_request=init),
+        submitter_pb.CreateLargeTaskRequest(init_task=end),
+    ]
+    return SubmitterStub(channel).CreateLargeTasks(iter(requests), timeout=5)
+
+
+def submitter_small(channel: grpc.Channel, session_id: str, output_id: str) -> Any:
+    request = submitter_pb.CreateSmallTaskRequest(
+        session_id=session_id,
+        task_options=OPTIONS.to_message(),
+        task_requests=[objects_pb2.TaskRequest(payload=b"p", expected_output_keys=[output_id])],
+    )
+    return SubmitterStub(channel).CreateSmallTasks(request, timeout=5)
+
+
+def test_every_submitter_rpc_needs_its_permission() -> None:
+    """ArmoniK's `Submitter:<Rpc>` permissions; WatchResults, which ArmoniK lacks, needs the
+    read permission of what it shows."""
+    (service,) = submitter_service_pb2.DESCRIPTOR.services_by_name.values()
+    for method in service.methods:
+        needed = permissions_of(f"/{service.full_name}/{method.name}")
+        expected = "GetResultStatus" if method.name == "WatchResults" else method.name
+        assert needed == (f"Submitter:{expected}",)
+        assert set(needed) <= set(PERMISSIONS)
+
+
 @pytest.fixture(scope="module")
 def admin_data(secured: Secured) -> tuple[str, str]:
     """A session of the admin with a result holding data: (session id, result id)."""
@@ -263,7 +310,11 @@ def test_the_matrix_unary_and_streaming(
         assert download == expected
         assert code(lambda: sdk_submit(channel, session_id)) == expected
         assert code(lambda: first_values(channel, session_id)) == expected
+        assert code(lambda: submitter_sessions(channel)) == expected
+        assert code(lambda: submitter_result(channel, session_id, result_id)) == expected
+        assert code(lambda: submitter_large(channel, session_id)) == expected
         if user == "admin":
+            assert submitter_result(channel, session_id, result_id) == b"secret"
             entry = [result_id, ResultStatus.COMPLETED, b"secret", "data"]
             assert entry in first_values(channel, session_id)["results"]
 
@@ -293,6 +344,12 @@ def test_half_rights(secured: Secured, admin_data: tuple[str, str]) -> None:
         assert code(lambda: first_event(channel, session_id)) == DENIED
         assert code(lambda: first_values(channel, session_id)) == DENIED
         assert code(lambda: sdk_submit(channel, session_id)) == DENIED  # no Results rights
+        assert code(lambda: submitter_sessions(channel)) == OK  # every Submitter right
+    with secured.channel("monitor") as channel:  # the read-only built-in role
+        session_id, result_id = admin_data
+        assert code(lambda: submitter_sessions(channel)) == OK
+        assert code(lambda: submitter_large(channel, session_id)) == DENIED
+        assert code(lambda: submitter_small(channel, session_id, result_id)) == DENIED
 
 
 def test_impersonation(secured: Secured) -> None:
@@ -363,6 +420,22 @@ def test_session_isolation(secured: Secured, admin_data: tuple[str, str]) -> Non
         assert code(lambda: sdk_submit(channel, session_id)) == not_found
         _, visible = results.list_results()
         assert result_id not in {r.result_id for r in visible}
+        # The same through the legacy Submitter service.
+        submitter = SubmitterStub(channel)
+        assert session_id not in submitter_sessions(channel)
+        by_session = submitter_pb.TaskFilter(
+            session=submitter_pb.TaskFilter.IdsRequest(ids=[session_id])
+        )
+        assert list(submitter.CountTasks(by_session).values) == []
+        status = submitter_pb.GetResultStatusRequest(result_ids=[result_id])
+        assert list(submitter.GetResultStatus(status).id_statuses) == []
+        admins = objects_pb2.Session(id=session_id)
+        assert code(lambda: submitter.CancelSession(admins)) == not_found
+        assert code(lambda: submitter_result(channel, session_id, result_id)) == not_found
+        assert code(lambda: submitter_large(channel, session_id)) == not_found
+        assert code(lambda: submitter_small(channel, session_id, result_id)) == not_found
+        wait = objects_pb2.ResultRequest(session=session_id, result_id=result_id)
+        assert code(lambda: submitter.WaitForAvailability(wait, timeout=5)) == not_found
         own = sessions.create_session(OPTIONS)  # B's own work is B's
         assert sessions.get_session(own).session_id == own
     with secured.channel("admin") as channel:

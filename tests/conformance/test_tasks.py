@@ -55,6 +55,45 @@ def test_submit_and_get_task(results: ArmoniKResults, tasks: ArmoniKTasks, sessi
     assert not task.output.success  # not completed yet
 
 
+def test_a_task_without_expected_outputs_is_accepted(
+    plane: BackgroundControlPlane,
+    results: ArmoniKResults,
+    tasks: ArmoniKTasks,
+    tasks_stub: TasksStub,
+    session_id: str,
+) -> None:
+    """As ArmoniK: `expected_output_keys: []` is a valid task (the C#, C++, Java and Rust
+    SDKs send it; only the Python client refuses it, so the raw stub sends it here). It is
+    queued once its inputs exist, like any other."""
+    created = results.create_results_metadata(["payload", "dep"], session_id)
+    payload, dep = created["payload"].result_id, created["dep"].result_id
+    results.upload_result_data(payload, session_id, b"p")
+    drain(plane, "default")
+    reply = tasks_stub.SubmitTasks(
+        tasks_common_pb2.SubmitTasksRequest(
+            session_id=session_id,
+            task_creations=[
+                tasks_common_pb2.SubmitTasksRequest.TaskCreation(payload_id=payload),
+                tasks_common_pb2.SubmitTasksRequest.TaskCreation(
+                    payload_id=payload, data_dependencies=[dep]
+                ),
+            ],
+        )
+    )
+    ready, waiting = reply.task_infos
+    assert list(ready.expected_output_ids) == list(waiting.expected_output_ids) == []
+    assert tasks.get_task(ready.task_id).expected_output_ids == []
+    assert tasks.get_task(ready.task_id).status == TaskStatus.SUBMITTED
+    assert tasks.get_task(waiting.task_id).status == TaskStatus.PENDING
+    assert tasks.get_result_ids([ready.task_id]) == {ready.task_id: []}
+    assert queued(plane, "default", 1) == [ready.task_id]
+    results.upload_result_data(dep, session_id, b"d")
+    assert queued(plane, "default", 1) == [waiting.task_id]
+    # Cancelled like any other (no output to abort).
+    tasks.cancel_tasks([waiting.task_id])
+    assert tasks.get_task(waiting.task_id).status in (TaskStatus.CANCELLING, TaskStatus.CANCELLED)
+
+
 def test_task_options_merge(
     sessions: ArmoniKSessions, results: ArmoniKResults, tasks: ArmoniKTasks
 ) -> None:

@@ -12,6 +12,8 @@ import grpc
 import pytest
 from armonik.client import ArmoniKEvents, ArmoniKResults, ArmoniKSessions, ArmoniKTasks
 from armonik.common import ResultStatus, Task, TaskDefinition, TaskOptions, TaskStatus
+from armonik.protogen.client import tasks_service_pb2_grpc
+from armonik.protogen.common import tasks_common_pb2
 
 from tests.helpers import (
     BACKEND_PARAMS,
@@ -97,6 +99,47 @@ def test_fan_out_through_the_agent_api(channel: grpc.Channel) -> None:
     assert all(t.status == TaskStatus.COMPLETED for t in listed)
     children = [t for t in listed if t.created_by]
     assert len(children) == 9 and all(len(t.parent_task_ids) == 2 for t in children)
+
+
+def _submit_without_outputs(
+    channel: grpc.Channel, session_id: str, order: dict[str, object]
+) -> str:
+    """A task with no expected output (the raw stub: the Python client refuses to send one)."""
+    payload = ArmoniKResults(channel).create_results({"p": json.dumps(order).encode()}, session_id)[
+        "p"
+    ]
+    reply = tasks_service_pb2_grpc.TasksStub(channel).SubmitTasks(
+        tasks_common_pb2.SubmitTasksRequest(
+            session_id=session_id,
+            task_creations=[
+                tasks_common_pb2.SubmitTasksRequest.TaskCreation(payload_id=payload.result_id)
+            ],
+        )
+    )
+    (info,) = reply.task_infos
+    assert list(info.expected_output_ids) == []
+    return str(info.task_id)
+
+
+def test_tasks_without_outputs_run_from_the_client_and_from_a_worker(
+    channel: grpc.Channel, tmp_path: Path
+) -> None:
+    session_id = ArmoniKSessions(channel).create_session(OPTIONS)
+    top = tmp_path / "top"
+    top_id = _submit_without_outputs(channel, session_id, {"kind": "silent", "marker": str(top)})
+    child = tmp_path / "child"
+    (out,) = submit(channel, session_id, [{"kind": "spawn_silent", "marker": str(child)}])
+    wait(channel, session_id, [out])
+    assert download(channel, session_id, out) == b"spawned"
+    tasks = ArmoniKTasks(channel)
+    deadline = time.monotonic() + 30
+    while tasks.count_tasks_by_status(Task.session_id == session_id) != {TaskStatus.COMPLETED: 3}:
+        assert time.monotonic() < deadline, "the tasks without outputs did not complete"
+        time.sleep(0.1)
+    assert top.read_text() == top_id
+    (subtask,) = [t for t in tasks.list_tasks(Task.session_id == session_id)[1] if t.created_by]
+    assert child.read_text() == subtask.id
+    assert tasks.get_task(subtask.id).expected_output_ids == []
 
 
 def test_aggregation_tree_by_delegation(channel: grpc.Channel) -> None:

@@ -32,8 +32,15 @@ UNARY_BOUND = 10.0
 # Slack over a stream's own deadline before the call counts as slow (time to notice the
 # deadline and to tear the call down).
 STREAM_SLACK = 5.0
-# Streams that never end by themselves: their deadline is ours, DEADLINE_EXCEEDED is expected.
-ENDLESS = {"Events.GetEvents", "Results.WatchResults", "Submitter.WatchResults"}
+# Calls that may never end by themselves (streams, and the Submitter's waits on tasks that may
+# never run): their deadline is ours, DEADLINE_EXCEEDED is expected.
+ENDLESS = {
+    "Events.GetEvents",
+    "Results.WatchResults",
+    "Submitter.WatchResults",
+    "Submitter.WaitForCompletion",
+    "Submitter.WaitForAvailability",
+}
 
 # The answers a fuzzed request may get, whatever it holds. Never acceptable: UNKNOWN and
 # INTERNAL (an unhandled error), UNAVAILABLE (the server or a backend broke), DATA_LOSS,
@@ -47,7 +54,6 @@ ALLOWED = {
     Code.FAILED_PRECONDITION,
     Code.OUT_OF_RANGE,
     Code.ABORTED,  # a conflict with a concurrent change (the agent works meanwhile)
-    Code.UNIMPLEMENTED,  # the deprecated Submitter service
 }
 
 

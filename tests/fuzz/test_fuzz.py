@@ -73,9 +73,9 @@ RPCS = list(every_rpc())
 
 
 def weight(rpc: Rpc) -> int:
-    """Excluded RPCs, with the reason: none. Every method of every service is fuzzed, including
-    the deprecated Submitter service (answered UNIMPLEMENTED), with a third of the weight of the
-    others so that most requests reach implemented code."""
+    """Excluded RPCs, with the reason: none. Every method of every service is fuzzed, the
+    deprecated Submitter service with a third of the weight of the others (most of it is the
+    same code behind another edge)."""
     return 1 if rpc.service.name == "Submitter" else 3
 
 
@@ -121,10 +121,10 @@ def calls(
                 request, label = draw(huge), "oversized"
             else:
                 request, label = draw(random_request), "random"
-            if rpc.kind == "unary":
-                return Call(rpc, [request], label=label)
-            read = draw(st.one_of(st.none(), st.integers(0, 3)))
             deadline = draw(st.sampled_from([0.2, 0.5, 1.0])) if endless else UNARY_BOUND
+            if rpc.kind == "unary":
+                return Call(rpc, [request], deadline=deadline, label=label)
+            read = draw(st.one_of(st.none(), st.integers(0, 3)))
             return Call(rpc, [request], read=read, deadline=deadline, label=label)
         if rpc.kind == "client_stream":
             if rpc.name == "Results.UploadResultData" and roll < 10:

@@ -3,6 +3,8 @@ sees the URL."""
 
 from __future__ import annotations
 
+import pytest
+
 from pyarmonik.storage.objects.redis import RedisStorage
 from pyarmonik.storage.queue.rabbitmq import RabbitQueue
 from pyarmonik.storage.urls import pop_query
@@ -33,3 +35,24 @@ def test_redis_prefix_from_the_url() -> None:
     assert storage.url == "redis://127.0.0.1:6379/0"
     assert RedisStorage("redis://127.0.0.1:6379/0").prefix == "pyarmonik:"
     assert RedisStorage("redis://h/0?prefix=url:", prefix="argument:").prefix == "argument:"
+
+
+def test_queue_order_reaches_both_queue_kinds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`queue_order` (PYARMONIK_QUEUE_ORDER) picks fair share or strict FIFO for any queue."""
+    from pyarmonik.config import load_settings
+    from pyarmonik.storage.database.sqlite import SqliteDatabase
+    from pyarmonik.storage.factory import open_queue
+    from pyarmonik.storage.queue.table import TableQueue
+
+    monkeypatch.delenv("PYARMONIK_QUEUE_ORDER", raising=False)
+    assert load_settings().queue_order == "fair"
+    monkeypatch.setenv("PYARMONIK_QUEUE_ORDER", "fifo")
+    assert load_settings().queue_order == "fifo"
+    with pytest.raises(ValueError):
+        load_settings(queue_order="random")
+    database = SqliteDatabase(":memory:")
+    for fair in (True, False):
+        table = open_queue("table", database, fair=fair)
+        broker = open_queue("amqp://127.0.0.1/", database, fair=fair)
+        assert isinstance(table, TableQueue) and isinstance(broker, RabbitQueue)
+        assert table.fair is fair and broker.fair is fair

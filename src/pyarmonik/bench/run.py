@@ -83,7 +83,10 @@ def _peak_rss_mb(root: int) -> float:
 
 
 class Cluster:
-    def __init__(self, agents: int, extra: list[str], worker: str = WORKER):
+    def __init__(
+        self, agents: int, extra: list[str], worker: str = WORKER, ready_timeout: float = 60.0
+    ):
+        self.ready_timeout = ready_timeout
         self.data_dir = tempfile.mkdtemp(prefix="pyarmonik-bench-")
         self.agents = agents
         self.extra = extra
@@ -106,7 +109,7 @@ class Cluster:
 
     def _wait_agents(self) -> None:
         """Agents start in a second or two; measure once they all serve."""
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             sockets = list(Path(self.data_dir, "agents").glob("*/worker.sock"))
             if len(sockets) >= self.agents:

@@ -1,10 +1,13 @@
 """The benchmarks' worker, written with the official `armonik.worker` SDK.
 
-Payload b"indep": write an empty output. Payload b"graph:<d>": at depth 0 write b"1"; else
+Payload b"indep": write an empty output; b"sleep:<ms>": sleep that long, then the same (the
+scale bench). Payload b"graph:<d>": at depth 0 write b"1"; else
 submit two subtasks of depth d-1 and an aggregation task that inherits our output (b"sum").
 """
 
 from __future__ import annotations
+
+import time
 
 from armonik.common import Output, TaskDefinition
 from armonik.worker import TaskHandler, armonik_worker
@@ -14,6 +17,9 @@ def process(handler: TaskHandler) -> Output:
     payload = handler.payload
     output = handler.expected_results[0]
     if payload == b"indep":
+        handler.send_results({output: b""})
+    elif payload.startswith(b"sleep:"):
+        time.sleep(int(payload[6:]) / 1000)
         handler.send_results({output: b""})
     elif payload == b"sum":
         total = sum(int(v) for v in handler.data_dependencies.values())

@@ -37,10 +37,22 @@ DatabaseOption = Annotated[
 ]
 QueueOption = Annotated[
     str | None,
-    typer.Option("--queue", envvar="PYARMONIK_QUEUE", help="Queue URL ('table' or amqp://)."),
+    typer.Option(
+        "--queue",
+        envvar="PYARMONIK_QUEUE",
+        help="Queue URL ('table', amqp://, or an installed plugin's scheme: docs/plugins.md).",
+    ),
 ]
 ObjectsOption = Annotated[
     str | None, typer.Option("--objects", envvar="PYARMONIK_OBJECTS", help="Object storage URL.")
+]
+OfficialGuiOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--official-gui",
+        help="Serve a build of ArmoniK's Admin GUI (its dist/admin/browser) at /admin/ on the "
+        "HTTP port (docs/official-gui.md).",
+    ),
 ]
 
 
@@ -135,6 +147,7 @@ def control(
             help="A user sees only its own sessions (unless it holds General:AllSessions).",
         ),
     ] = None,
+    official_gui: OfficialGuiOption = None,
 ) -> None:
     """Serve the ArmoniK API v3 (control plane)."""
     from pyarmonik.control.server import ControlPlane, exposure_warning
@@ -156,6 +169,7 @@ def control(
         require_authorization=require_authorization,
         auth_file=auth_file,
         session_isolation=session_isolation,
+        official_gui_dir=official_gui,
     )
     setup_logging(settings.log_level)
     if warning := exposure_warning(settings):
@@ -180,14 +194,34 @@ def control(
 @app.command()
 def agent(
     partition: Annotated[
-        str, typer.Option(help="The partition whose tasks this agent runs.")
-    ] = "default",
+        list[str] | None,
+        typer.Option(
+            help="A partition whose tasks this agent runs (default: default). Repeated, the "
+            "agent serves several, in this order: the first that has work (same worker)."
+        ),
+    ] = None,
     worker: Annotated[
         str | None,
         typer.Option(help="Command starting the worker (it gets ComputePlane__* variables)."),
     ] = None,
     worker_socket: Annotated[
         Path | None, typer.Option(help="Socket of a worker started by someone else (no --worker).")
+    ] = None,
+    worker_channel: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the worker serves: unix:///PATH, or tcp://HOST:PORT (its Address is then "
+            "HOST:PORT, as the Python SDK reads it) or http://HOST:PORT (Address kept whole, as "
+            "ArmoniK's C# SDK reads it). Default: a unix socket in --work-dir."
+        ),
+    ] = None,
+    agent_channel: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the Agent API is served for the worker, same forms (port 0: any free "
+            "one; no host: 127.0.0.1). Unauthenticated: on TCP, anyone reaching it can call it "
+            "(docs/security.md). Default: a unix socket in --work-dir."
+        ),
     ] = None,
     work_dir: Annotated[Path, typer.Option(help="Folder for sockets and task data.")] = Path(
         "pyarmonik-agent"
@@ -208,21 +242,40 @@ def agent(
     queue: QueueOption = None,
     objects: ObjectsOption = None,
 ) -> None:
-    """Run a polling agent: pull tasks of one partition and have a worker run them."""
+    """Run a polling agent: pull tasks of its partitions and have a worker run them."""
     from pyarmonik.compute.agent import Agent, AgentSettings
+    from pyarmonik.compute.worker_process import Endpoint
     from pyarmonik.observability import tracing
     from pyarmonik.storage.factory import open_backends
 
-    if worker is None and worker_socket is None:
-        raise typer.BadParameter("give --worker CMD, or --worker-socket PATH of a running worker")
+    if worker is None and worker_socket is None and worker_channel is None:
+        raise typer.BadParameter(
+            "give --worker CMD, or --worker-socket PATH / --worker-channel URL of a running worker"
+        )
+    try:
+        channels = [Endpoint.parse(c) for c in (worker_channel, agent_channel) if c]
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    if agent_channel and not channels[-1].private:
+        typer.secho(
+            f"warning: the Agent API (no authentication) listens on {channels[-1]}: anyone "
+            "reaching that address can read and write the data of the task running",
+            err=True,
+            fg="red",
+            bold=True,
+        )
     settings = settings_from(
         config, None, data_dir=data_dir, database=database, queue=queue, objects=objects
     )
     setup_logging(settings.log_level)
+    served = list(dict.fromkeys(partition or ["default"]))
     agent_settings = AgentSettings(
-        partition_id=partition,
+        partition_id=served[0],
+        also_serves=served[1:],
         worker_command=worker,
         worker_socket=worker_socket,
+        worker_channel=worker_channel,
+        agent_channel=agent_channel,
         work_dir=work_dir,
         host=host,
         http_port=http_port,
@@ -265,6 +318,7 @@ def local(
     database: DatabaseOption = None,
     queue: QueueOption = None,
     objects: ObjectsOption = None,
+    official_gui: OfficialGuiOption = None,
 ) -> None:
     """A whole cluster on this machine: control plane and agent/worker pairs."""
     from pyarmonik.local import LocalCluster
@@ -280,6 +334,7 @@ def local(
         database=database,
         queue=queue,
         objects=objects,
+        official_gui_dir=official_gui,
     )
     if not settings.partitions:
         settings.partitions = [PartitionSettings(id=partition, agents=agents, worker=worker)]
@@ -381,6 +436,37 @@ def bench_ceiling(
         typer.echo(f"{key:>22}: {value}")
 
 
+@bench_app.command("scale")
+def bench_scale(
+    agents: Annotated[
+        str, typer.Option(help="Comma-separated agent counts, one fresh cluster each.")
+    ] = "1,2,4,8,16,32,48,64",
+    task_ms: Annotated[int, typer.Option(help="Milliseconds each task sleeps.")] = 200,
+    work_seconds: Annotated[
+        float, typer.Option(help="Seconds of tasks per agent (tasks = agents * this / task).")
+    ] = 4.0,
+    idle_seconds: Annotated[
+        float, typer.Option(help="Seconds the cluster is measured idle before the tasks.")
+    ] = 10.0,
+    database: DatabaseOption = None,
+    queue: QueueOption = None,
+    objects: ObjectsOption = None,
+) -> None:
+    """Efficiency (ideal time ÷ wall time) of sleep tasks on the official worker as agents are
+    added, with CPU per task, RSS per agent and the CPU idle agents cost."""
+    from pyarmonik.bench.scale import scale
+
+    try:
+        counts = [int(a) for a in agents.split(",") if a.strip()]
+    except ValueError as error:
+        raise typer.BadParameter(f"--agents takes counts like 1,2,4: {error}") from error
+    if not counts or min(counts) < 1 or task_ms < 0 or work_seconds <= 0 or idle_seconds <= 0:
+        raise typer.BadParameter("agent counts ≥ 1, task_ms ≥ 0, positive durations")
+    extra, names = _backend_args(database, queue, objects)
+    for line in scale(counts, task_ms, work_seconds, idle_seconds, extra, names):
+        typer.echo(line)
+
+
 @bench_app.command("fib")
 def bench_fib(
     n: Annotated[
@@ -399,6 +485,33 @@ def bench_fib(
         typer.echo(line)
 
 
+@bench_app.command("share")
+def bench_share(
+    a_tasks: Annotated[int, typer.Option(help="Tasks of application A, submitted first.")] = 2000,
+    b_tasks: Annotated[int, typer.Option(help="Tasks of application B, submitted next.")] = 20,
+    task_ms: Annotated[int, typer.Option(help="Milliseconds each task sleeps.")] = 10,
+    agents: AgentsOption = 2,
+    order: Annotated[
+        str, typer.Option(help="Queue orders, comma-separated: fair, fifo (a cluster each).")
+    ] = "fair,fifo",
+    database: DatabaseOption = None,
+    queue: QueueOption = None,
+    objects: ObjectsOption = None,
+) -> None:
+    """B's wait behind A: two sessions on one partition at the same priority, B's time as a
+    fraction of A's, with fair share between sessions and with strict FIFO."""
+    from pyarmonik.bench.share import share
+
+    orders = [o.strip() for o in order.split(",") if o.strip()]
+    if not orders or set(orders) - {"fair", "fifo"}:
+        raise typer.BadParameter(f"--order takes fair, fifo or both, not {order!r}")
+    if min(a_tasks, b_tasks, agents) < 1 or task_ms < 0:
+        raise typer.BadParameter("task counts and agents ≥ 1, task_ms ≥ 0")
+    extra, names = _backend_args(database, queue, objects)
+    for line in share(orders, a_tasks, b_tasks, task_ms, agents, extra, names):
+        typer.echo(line)
+
+
 @bench_app.command("compare")
 def bench_compare(
     tasks: Annotated[int, typer.Option(help="Indep: no-op tasks submitted at once.")] = 5000,
@@ -413,8 +526,8 @@ def bench_compare(
         str, typer.Option(help="Comma-separated, among pyarmonik, ray, dask.")
     ] = "pyarmonik,ray,dask",
 ) -> None:
-    """The same workloads on pyarmonik's SDK, Ray and Dask in one run (2 workers each), as
-    one table with ratios. Ray and Dask: pip install -e '.[bench]'."""
+    r"""The same workloads on pyarmonik's SDK, Ray and Dask in one run (2 workers each), as
+    one table with ratios. Ray and Dask: pip install -e '.\[bench]'."""
     from pyarmonik.bench.compare import ENGINES, Sizes, compare
 
     chosen = [e.strip() for e in engines.split(",") if e.strip()]

@@ -1,4 +1,9 @@
-"""The polling agent: pulls tasks of one partition and has its worker run them.
+"""The polling agent: pulls tasks of its partitions and has its worker run them.
+
+An agent serves its own partition and, when that one has no work, the partitions it also
+serves, in their order (ArmoniK's agents serve one; sharing lets an idle application's
+agents run another's tasks). One worker runs them all: only partitions with the same worker
+share agents.
 
 Three stages run concurrently, so that the worker never waits for the database:
   fetch   pull a message, acquire its task, prefetch its inputs into a private folder
@@ -14,8 +19,9 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -26,7 +32,7 @@ from armonik.protogen.worker.agent_service_pb2_grpc import add_AgentServicer_to_
 
 from pyarmonik.compute.agent_api import AgentApi, TaskContext, write_blob
 from pyarmonik.compute.folders import TaskFolders
-from pyarmonik.compute.worker_process import WorkerProcess
+from pyarmonik.compute.worker_process import Endpoint, WorkerProcess
 from pyarmonik.control.convert import options_to_message
 from pyarmonik.domain.errors import ArmoniKError, NotFound, Unavailable
 from pyarmonik.domain.records import Result, Session, Task
@@ -43,6 +49,7 @@ from pyarmonik.observability.metrics import (
     exposition,
 )
 from pyarmonik.scheduling.backends import Backends, now
+from pyarmonik.scheduling.liveness import HEARTBEAT
 from pyarmonik.scheduling.processing import (
     Acquisition,
     Success,
@@ -59,9 +66,11 @@ CANCEL_STATUSES = frozenset({TaskStatus.CANCELLING, TaskStatus.CANCELLED})
 # Longest pause between two looks at an empty queue of a broker (whose pull waits already).
 IDLE_POLL = 0.1
 # A table queue is looked at again as soon as the database reports a commit (a task made
-# ready wakes an idle agent at once), else after IDLE_WAIT: messages released with a delay,
-# or whose lease ran out, become visible without any write.
+# ready wakes an idle agent at once), or when its next message becomes visible by itself (a
+# delayed release, a lease that ran out: no write tells), or after QUIET_WAIT at the most.
+# A failed pull is retried after IDLE_WAIT.
 IDLE_WAIT = 1.0
+QUIET_WAIT = 10.0
 # While tasks run shorter than this, the fetch stage takes two at a time from a table queue
 # (one pull-and-acquire transaction for both; other queues gain nothing from it) and keeps
 # the second in reserve; a reserve that waits longer than RESERVE_HOLD (the running task is
@@ -69,11 +78,16 @@ IDLE_WAIT = 1.0
 SHORT_TASK = 0.05
 RESERVE_HOLD = 0.2
 COMMIT_MAX = 512  # successes committed in one transaction
+# A short success waits this long for the next one to commit with it (official workers).
+GROUP_WAIT = 0.01
+GROUP_MAX = 8
 
 
 @dataclass
 class AgentSettings:
     partition_id: str = "default"
+    # Partitions served, in this order, when `partition_id` has no work (same worker).
+    also_serves: list[str] = field(default_factory=list)
     worker_command: str | None = None
     work_dir: Path = Path("pyarmonik-agent")
     host: str = "127.0.0.1"  # address other agents use to reach our liveness endpoint
@@ -85,12 +99,21 @@ class AgentSettings:
     prepared_timeout: float = 10.0
     data_chunk_max_size: int = 2 * 1024 * 1024
     worker_socket: Path | None = None  # an external worker's socket (no command)
+    # Channels as unix:///path, tcp://host:port or http://host:port (compute/worker_process.py
+    # Endpoint); None: unix sockets in work_dir (worker_socket for the worker's).
+    worker_channel: str | None = None
+    agent_channel: str | None = None
     # Post-processing is retried this long while a backend is down; then the message is
     # given back and the task recovered (retried) by the next acquisition.
     post_retry_for: float = 120.0
     # Offer the worker the batched protocol (compute/frames.py); the SDK's function worker
     # takes it, other workers keep ArmoniK's Worker.Process.
     batched: bool = True
+
+    @property
+    def served(self) -> list[str]:
+        """Every partition served, in the order they are looked at."""
+        return list(dict.fromkeys([self.partition_id, *self.also_serves]))
 
 
 @dataclass
@@ -140,8 +163,10 @@ class Agent:
         self.api = AgentApi(backends)
         self.worker = WorkerProcess(
             settings.worker_command,
-            settings.worker_socket or self.work_dir / "worker.sock",
-            self.work_dir / "agent.sock",
+            Endpoint.parse(settings.worker_channel)
+            if settings.worker_channel
+            else settings.worker_socket or self.work_dir / "worker.sock",
+            Endpoint.parse(settings.agent_channel or str(self.work_dir / "agent.sock")),
             batch_socket=self.work_dir / "batch.sock" if settings.batched else None,
         )
         self.owner_id = ""
@@ -149,12 +174,18 @@ class Agent:
         self.completed = 0
         self._stopping = asyncio.Event()
         self._running: Running | None = None
+        self._executing = False  # the run stage has a task in hand
         self._queue_was_empty = True
         self._last_run_seconds = float("inf")  # of the last task the worker ran
-        self._stage_seconds = [
-            AGENT_STAGE_SECONDS.labels(settings.partition_id, stage)
-            for stage in ("queue_wait", "prefetch", "processing", "post_processing")
-        ]
+        self.served = settings.served
+        self._stage_seconds = {  # metrics are labelled by the task's partition
+            partition: [
+                AGENT_STAGE_SECONDS.labels(partition, stage)
+                for stage in ("queue_wait", "prefetch", "processing", "post_processing")
+            ]
+            for partition in self.served
+        }
+        self._run_started = asyncio.Event()  # a worker call is under way (cancellation polls)
         self._slot_free = asyncio.Event()
         self._http: web.AppRunner | None = None
         self._api_server: grpc.aio.Server | None = None
@@ -164,29 +195,39 @@ class Agent:
 
     async def start(self) -> None:
         # The Agent API has no authentication (as in ArmoniK): its socket lives in a folder
-        # only our user (and so our worker) can open.
+        # only our user (and so our worker) can open. On TCP nothing but the address guards
+        # it (docs/security.md).
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.work_dir.chmod(0o700)
         await self.folders.start()
         await self.backends.start()
         await self._start_http()
         self.processing = TaskProcessing(self.backends, self.owner_id, socket.gethostname())
-        self._api_server = grpc.aio.server(options=[("grpc.max_receive_message_length", -1)])
+        # No SO_REUSEPORT: a second agent given the same TCP port must fail, not share it.
+        self._api_server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", -1), ("grpc.so_reuseport", 0)]
+        )
         add_AgentServicer_to_server(self.api, self._api_server)
-        agent_socket = self.work_dir / "agent.sock"
-        agent_socket.unlink(missing_ok=True)
-        self._api_server.add_insecure_port(f"unix://{agent_socket}")
+        endpoint = self.worker.agent_endpoint
+        if endpoint.path is not None:
+            endpoint.path.unlink(missing_ok=True)
+        try:
+            port = self._api_server.add_insecure_port(endpoint.target)
+        except RuntimeError as error:  # grpc's "failed to bind"
+            raise Unavailable(f"cannot serve the Agent API on {endpoint}: {error}") from error
+        self.worker.agent_endpoint = endpoint.with_port(port)
         await self._api_server.start()
         self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         await self.worker.start()
-        log.info("agent %s serving partition %s", self.owner_id, self.settings.partition_id)
+        log.info("agent %s serving partitions %s", self.owner_id, ", ".join(self.served))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process tasks until `stop` is set, then stop gracefully: the task running is
         finished, the one prefetched is given back."""
         await self.start()
-        bind(partition=self.settings.partition_id, agent=self.owner_id)
+        bind(partition=",".join(self.served), agent=self.owner_id)
         keeper = asyncio.create_task(self._keep_leases(), name="leases")
+        beater = asyncio.create_task(self._beat(), name="heartbeat")
         if self.worker.batch is not None:  # the worker speaks the batched protocol
             from pyarmonik.compute.batch import BatchRunner
 
@@ -194,6 +235,7 @@ class Agent:
             await BatchRunner(self).run()
             relay.cancel()
             keeper.cancel()
+            beater.cancel()
             await self.close()
             return
         stages = [
@@ -210,6 +252,7 @@ class Agent:
         self._stopping.set()
         await asyncio.gather(*stages, return_exceptions=True)
         keeper.cancel()
+        beater.cancel()
         watcher.cancel()
         stopper.cancel()
         await self.close()
@@ -316,11 +359,22 @@ class Agent:
 
     async def _wait_for_work(self, idle: float) -> None:
         """The queue was empty: wait before looking again (both fetch paths wait here)."""
-        if self.backends.queue_in_database is None or idle >= IDLE_WAIT:  # or a failed pull
+        queue = self.backends.queue_in_database
+        if queue is None or idle >= IDLE_WAIT:  # or a failed pull
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), idle)
             return
-        changed = asyncio.ensure_future(self.backends.database.wait_for_changes(IDLE_WAIT))
+        # Wake-ups wake us for new work (then nobody polls: at 64 idle agents, polls were
+        # most of their cost); only messages that become visible with time need a timer.
+        try:
+            at = await queue.next_visible(self.served)
+        except Exception:  # the pull that follows reports it
+            at = time.time() + IDLE_WAIT
+        timeout = QUIET_WAIT if at is None else min(max(at - time.time(), 0.0), QUIET_WAIT)
+        if timeout <= 0.0:
+            self._queue_was_empty = False
+            return
+        changed = asyncio.ensure_future(self.backends.database.wait_for_changes(timeout))
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             await asyncio.wait((changed, stopping), return_when=asyncio.FIRST_COMPLETED)
@@ -358,10 +412,10 @@ class Agent:
         the common case (SUBMITTED, session RUNNING): with the pull itself when the queue
         is in the database. `start`: the tasks taken are PROCESSING at once."""
         assert self.processing is not None
-        partition, lease = self.settings.partition_id, self.settings.lease
+        lease = self.settings.lease
         queue = self.backends.queue_in_database
         if queue is None:
-            messages = await self.backends.queue.pull(partition, count, lease)
+            messages = await self._pull_broker(count)
             fresh = [m.task_id for m in messages if m.task_id not in self.held]
             if not fresh:
                 return messages, {}
@@ -373,14 +427,37 @@ class Agent:
                 log.warning("acquiring %d pulled tasks failed: %r", len(fresh), error)
                 return messages, {}
             return messages, {a.task.task_id: a for a in taken if a.task is not None}
-        if self._queue_was_empty and not await queue.visible(partition):
-            return [], {}  # an empty queue is watched without taking the write lock
+        if self._queue_was_empty:  # an empty queue is watched without taking the write lock
+            at = await queue.next_visible(self.served)
+            if at is None or at > time.time():
+                return [], {}
         async with self.backends.database.write() as repository:
-            messages = await queue.pull_within(repository, partition, count, lease)
+            messages = []
+            for partition in self.served:  # the first partitions in order that have work
+                messages += await queue.pull_within(
+                    repository, partition, count - len(messages), lease
+                )
+                if len(messages) >= count:
+                    break
             self._queue_was_empty = not messages
             fresh = [m.task_id for m in messages if m.task_id not in self.held]
             taken = await self.processing.take(repository, fresh, now(), start) if fresh else []
         return messages, {a.task.task_id: a for a in taken if a.task is not None}
+
+    async def _pull_broker(self, count: int) -> list[QueueMessage]:
+        """From a broker, the first partitions in order that have work at hand; when none
+        has, the wait for one is on our own partition (then the others are looked at again
+        by the next pull: within IDLE_POLL)."""
+        queue, lease = self.backends.queue, self.settings.lease
+        messages: list[QueueMessage] = []
+        if len(self.served) > 1:
+            for partition in self.served:
+                messages += await queue.pull(partition, count - len(messages), lease, wait=False)
+                if len(messages) >= count:
+                    break
+            if messages:
+                return messages
+        return await queue.pull(self.settings.partition_id, count, lease)
 
     async def _acquire(self, message: QueueMessage, taken: Acquisition | None) -> Held | None:
         """Hold the task of a message (acquired already when `taken`), inputs prefetched."""
@@ -485,12 +562,14 @@ class Agent:
         try:
             while (held := await self.prepared.get()) is not None:
                 self._slot_free.set()
+                self._executing = True
                 try:
                     ended = await self._execute(held)
                 except Exception as error:  # never lose the task: it goes the retry path
                     log.exception("running task %s failed", held.task.task_id)
                     ended = Ended(held, "crash", f"Agent failed to run the task: {error!r}")
                     await self._recover_worker()
+                self._executing = False
                 self.ended.put_nowait(ended)
         finally:
             await self.ended.put(None)
@@ -555,6 +634,7 @@ class Agent:
         """Await the worker's reply; `_watch_cancellations` cancels the call meanwhile if the
         task or its session is cancelled."""
         running = self._running = Running(task_id, call)
+        self._run_started.set()
         try:
             reply = await call
         except asyncio.CancelledError:
@@ -572,6 +652,7 @@ class Agent:
             return "crash", f"Worker returned error {error.code().name}:\n{error.details()}"
         finally:
             self._running = None
+            self._run_started.clear()
         if reply.output.WhichOneof("type") == "error":
             return "error", reply.output.error.details
         return "ok", ""
@@ -581,6 +662,7 @@ class Agent:
         cancelled (one loop for the agent's life, not a watcher per task)."""
         assert self.processing is not None
         while True:
+            await self._run_started.wait()  # an idle agent does not poll
             await asyncio.sleep(self.settings.cancel_poll)
             running = self._running
             if running is None:
@@ -609,13 +691,7 @@ class Agent:
         one transaction (both paths: tasks end one by one with an official worker, in
         bursts with the batched one)."""
         while (first := await self.ended.get()) is not None:
-            batch = [first]
-            while len(batch) < COMMIT_MAX and not self.ended.empty():
-                ended = self.ended.get_nowait()
-                if ended is None:
-                    self.ended.put_nowait(None)  # seen by the next turn
-                    break
-                batch.append(ended)
+            batch = await self._gather_ended(first)
             successes = [e for e in batch if e.kind == "ok" and e.outcome is not None]
             for ended in batch:
                 if ended.kind != "ok" or ended.outcome is None:
@@ -624,6 +700,34 @@ class Agent:
                 await self._post_process(successes[0])
             elif successes:
                 await self._commit_successes(successes)
+
+    async def _gather_ended(self, first: Ended) -> list[Ended]:
+        """`first` and what ended meanwhile. With an official worker tasks end one at a
+        time: a short success waits up to GROUP_WAIT for the task running behind it, so
+        that they commit together (a commit writes the same index pages for one task or
+        for several: half the commits, half the pages)."""
+        batch = [first]
+        deadline = asyncio.get_running_loop().time() + GROUP_WAIT
+        while len(batch) < COMMIT_MAX:
+            if self.ended.empty():
+                wait = deadline - asyncio.get_running_loop().time()
+                if not (len(batch) < GROUP_MAX and wait > 0 and self._short_run_in_worker()):
+                    break
+                try:
+                    ended = await asyncio.wait_for(self.ended.get(), wait)
+                except TimeoutError:
+                    break
+            else:
+                ended = self.ended.get_nowait()
+            if ended is None:
+                self.ended.put_nowait(None)  # seen by the next turn
+                break
+            batch.append(ended)
+        return batch
+
+    def _short_run_in_worker(self) -> bool:
+        """The run stage has a task in hand and tasks have been short: its end is near."""
+        return self._executing and self._last_run_seconds < SHORT_TASK
 
     async def _commit_successes(self, batch: list[Ended]) -> None:
         """Commit successes in one transaction, acked with it when the queue is a table;
@@ -761,12 +865,16 @@ class Agent:
 
     def _observe(self, ended: Ended, outcome: str) -> None:
         task = ended.held.task
-        AGENT_TASKS.labels(self.settings.partition_id, outcome).inc()
+        partition = task.options.partition_id
+        if partition not in self._stage_seconds:  # labels only of the partitions served
+            partition = self.served[0]
+        AGENT_TASKS.labels(partition, outcome).inc()
+        seconds = self._stage_seconds[partition]
         stages = (
-            (self._stage_seconds[0], task.submitted_at, task.received_at),
-            (self._stage_seconds[1], task.acquired_at, ended.held.fetched_at or None),
-            (self._stage_seconds[2], task.started_at, ended.processed_at or None),
-            (self._stage_seconds[3], ended.processed_at or None, now()),
+            (seconds[0], task.submitted_at, task.received_at),
+            (seconds[1], task.acquired_at, ended.held.fetched_at or None),
+            (seconds[2], task.started_at, ended.processed_at or None),
+            (seconds[3], ended.processed_at or None, now()),
         )
         for histogram, begin, end in stages:
             if begin is not None and end is not None:
@@ -803,6 +911,19 @@ class Agent:
             held.forgotten = True
             if held.folder is not None:
                 self.folders.give_back(held.folder)
+
+    async def _beat(self) -> None:
+        """While we hold tasks, beat (scheduling/liveness.py): silent, we would be found dead
+        and our tasks handed to others."""
+        assert self.processing is not None
+        heartbeat = self.processing.heartbeat
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            if self.held and heartbeat.due():
+                try:
+                    await heartbeat.beat()
+                except Exception as error:
+                    log.warning("heartbeat failed: %r", error)
 
     async def _keep_leases(self) -> None:
         while True:

@@ -87,6 +87,7 @@ class BatchRunner:
         # START_WINDOW (take-backs protect the tasks behind a long first one).
         self.mean_seconds = WINDOW_SECONDS / START_WINDOW
         self._room = asyncio.Event()  # the window has room, or the worker changed
+        self._filled = asyncio.Event()  # tasks were sent: the watch has work (idle: no polls)
         self._receivers: set[asyncio.Task[None]] = set()
 
     @property
@@ -225,6 +226,7 @@ class BatchRunner:
             life.running_since = stamp
         for one in ready:
             life.window[one.task.task_id] = Sent(one, stamp)
+            self._filled.set()
         # If the worker died, its receiver hands these tasks back.
         with contextlib.suppress(OSError, RuntimeError):
             await life.channel.send({"t": "tasks", "tasks": frames})
@@ -400,6 +402,8 @@ class BatchRunner:
             await asyncio.sleep(WATCH_EVERY)
             life = self.life
             if life is None or not life.window:
+                self._filled.clear()
+                await self._filled.wait()
                 continue
             try:
                 next_cancel_check = await self._watch(life, next_cancel_check)

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 from armonik.protogen.common import objects_pb2, worker_common_pb2
@@ -22,6 +25,79 @@ from pyarmonik.domain.errors import Unavailable
 log = logging.getLogger(__name__)
 
 SERVING = worker_common_pb2.HealthCheckReply.SERVING
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where one of the two gRPC channels between agent and worker is: a unix socket `path`,
+    or TCP `host:port` (ArmoniK's `ComputePlane__*Channel__SocketType=tcp`).
+
+    `variable` is the `..._Address` value the worker is given: the socket's path, or for TCP
+    the address as written minus a `tcp://` prefix, so `tcp://h:p` gives `h:p` (what the
+    official Python SDK reads: it puts `http://` in front itself) and `http://h:p` gives
+    `http://h:p` (ArmoniK.Api's C# worker and ArmoniK's charts)."""
+
+    path: Path | None = None
+    host: str = ""
+    port: int = 0
+    url: bool = False  # the worker's variable keeps the `http://` prefix
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        """`unix:///abs/path` or a path; `tcp://host:port` or `http://host:port`."""
+        if "://" not in text:
+            return cls(path=Path(text))
+        parts = urlsplit(text)
+        if parts.scheme == "unix":
+            return cls(path=Path(parts.netloc + parts.path))
+        try:
+            port = parts.port
+        except ValueError:  # not a number
+            port = None
+        if parts.scheme not in ("tcp", "http") or port is None:
+            raise ValueError(f"{text!r}: give unix:///path, tcp://host:port or http://host:port")
+        # No host: loopback (ArmoniK's agent listens on every address; that is never implied).
+        host = parts.hostname or "127.0.0.1"
+        return cls(host=host, port=port, url=parts.scheme == "http")
+
+    @property
+    def tcp(self) -> bool:
+        return self.path is None
+
+    @property
+    def target(self) -> str:
+        """The gRPC address, to bind or to connect to."""
+        if self.path is not None:
+            return f"unix://{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def socket_type(self) -> str:
+        return "tcp" if self.tcp else "unixdomainsocket"
+
+    @property
+    def variable(self) -> str:
+        if self.path is not None:
+            return str(self.path)
+        return f"http://{self.target}" if self.url else self.target
+
+    @property
+    def private(self) -> bool:
+        """Reachable from this machine only (a unix socket, or TCP on loopback)."""
+        if self.path is not None or self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name: it may resolve to anything
+            return False
+
+    def with_port(self, port: int) -> Endpoint:
+        """The same TCP endpoint on the port actually bound (when asked for port 0)."""
+        return Endpoint(self.path, self.host, port, self.url) if self.tcp else self
+
+    def __str__(self) -> str:
+        return self.target
 
 
 class BatchChannel:
@@ -44,24 +120,27 @@ class BatchChannel:
 
 
 class WorkerProcess:
-    """A worker reached at `worker_socket`; started and supervised when `command` is given.
+    """A worker reached at `worker` (a unix socket, or TCP); started and supervised when
+    `command` is given; it calls the Agent API at `agent`.
 
     A worker it starts is offered the batched protocol at `batch_socket`: the SDK's function
     worker connects there (then `batch` is its channel and Worker.Process is not used);
-    any other worker ignores the offer and is reached over gRPC."""
+    any other worker ignores the offer and is reached over gRPC. A worker on TCP is not
+    offered it (the batched protocol is on unix sockets only)."""
 
     def __init__(
         self,
         command: str | None,
-        worker_socket: Path,
-        agent_socket: Path,
+        worker: Path | Endpoint,
+        agent: Path | Endpoint,
         start_timeout: float = 60.0,
         batch_socket: Path | None = None,
     ):
         self.command = command
-        self.worker_socket = worker_socket
-        self.agent_socket = agent_socket
-        self.batch_socket = batch_socket
+        self.worker_endpoint = worker if isinstance(worker, Endpoint) else Endpoint(path=worker)
+        # Set again by the agent once its Agent API is bound (a TCP port 0 becomes a port).
+        self.agent_endpoint = agent if isinstance(agent, Endpoint) else Endpoint(path=agent)
+        self.batch_socket = None if self.worker_endpoint.tcp else batch_socket
         self.start_timeout = start_timeout
         self.restarts = 0
         self._process: asyncio.subprocess.Process | None = None
@@ -74,10 +153,10 @@ class WorkerProcess:
     def environment(self) -> dict[str, str]:
         variables = {
             **os.environ,
-            "ComputePlane__WorkerChannel__SocketType": "unixdomainsocket",
-            "ComputePlane__WorkerChannel__Address": str(self.worker_socket),
-            "ComputePlane__AgentChannel__SocketType": "unixdomainsocket",
-            "ComputePlane__AgentChannel__Address": str(self.agent_socket),
+            "ComputePlane__WorkerChannel__SocketType": self.worker_endpoint.socket_type,
+            "ComputePlane__WorkerChannel__Address": self.worker_endpoint.variable,
+            "ComputePlane__AgentChannel__SocketType": self.agent_endpoint.socket_type,
+            "ComputePlane__AgentChannel__Address": self.agent_endpoint.variable,
         }
         variables.pop(SOCKET_VARIABLE, None)
         if self.batch_socket is not None:
@@ -115,7 +194,8 @@ class WorkerProcess:
         if self.command:
             await self._serve_batches()
             self._connected = asyncio.get_running_loop().create_future()
-            self.worker_socket.unlink(missing_ok=True)
+            if self.worker_endpoint.path is not None:
+                self.worker_endpoint.path.unlink(missing_ok=True)
             # `exec`: the worker replaces the shell, so it is the one that dies with us.
             self._process = await asyncio.create_subprocess_exec(
                 *dying_with_parent(["/bin/sh", "-c", f"exec {self.command}"]),
@@ -123,10 +203,15 @@ class WorkerProcess:
                 start_new_session=True,
             )
         self._channel = grpc.aio.insecure_channel(
-            f"unix://{self.worker_socket}",
+            self.worker_endpoint.target,
             # A failed Process call is the agent's to retry (as a new attempt), never gRPC's;
             # without the retry machinery each call costs less.
-            options=[("grpc.enable_retries", 0), ("grpc.max_receive_message_length", -1)],
+            # A worker on TCP is reached directly, never through an http_proxy of the environment.
+            options=[
+                ("grpc.enable_retries", 0),
+                ("grpc.max_receive_message_length", -1),
+                ("grpc.enable_http_proxy", 0),
+            ],
         )
         self.stub = WorkerStub(self._channel)
         await self.wait_healthy()

@@ -15,6 +15,7 @@ isolation, the creator of a session).
 from __future__ import annotations
 
 import contextvars
+import hmac
 import ipaddress
 import logging
 import time
@@ -55,6 +56,7 @@ AUTHENTICATION_SERVICE = "armonik.api.grpc.v1.auth.Authentication"
 # they stand for (all of them are needed).
 SUBSTITUTES = {
     "Results:WatchResults": ("Results:GetResult",),
+    "Submitter:WatchResults": ("Submitter:GetResultStatus",),
     "Sdk:Watch": ("Results:DownloadResultData",),
     "Sdk:Submit": (
         "Results:CreateResultsMetaData",
@@ -216,12 +218,29 @@ def _peer_certificate(context: grpc.aio.ServicerContext) -> tuple[str, str]:
     return cn_and_fingerprint(pems[0])
 
 
+# Set by the gRPC-Web gateway (control/grpcweb.py) on the calls it relays: with the right
+# value, the certificate headers are the ones the HTTP port verified.
+GATEWAY_HEADER = "x-pyarmonik-gateway"
+
+
+def from_gateway(metadata: Sequence[tuple[str, str | bytes]] | None, secret: str) -> bool:
+    """Whether a call's metadata carries the gateway's secret."""
+    if not secret or not metadata:
+        return False
+    for key, value in metadata:
+        if key == GATEWAY_HEADER and isinstance(value, str):
+            return hmac.compare_digest(value, secret)
+    return False
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Authenticates and authorizes every call of the ArmoniK services, then runs it with
     its identity in `current_identity()`."""
 
-    def __init__(self, authenticator: Authenticator):
+    def __init__(self, authenticator: Authenticator, gateway_secret: str = ""):
         self.authenticator = authenticator
+        # The gRPC-Web gateway (control/grpcweb.py) relays the certificate it verified.
+        self.gateway_secret = gateway_secret
 
     def credentials(self, context: grpc.aio.ServicerContext) -> tuple[str, Credentials]:
         """(connection, credentials) of a call: its own certificate, or the certificate
@@ -230,7 +249,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         metadata = context.invocation_metadata()
         peer = context.peer()
         cn, fingerprint = _peer_certificate(context)
-        if self.authenticator.trusts_proxy(peer_address(peer), cn):
+        if from_gateway(metadata, self.gateway_secret) or self.authenticator.trusts_proxy(
+            peer_address(peer), cn
+        ):
             header_cn = _first(metadata, settings.cn_header)
             header_fingerprint = _first(metadata, settings.fingerprint_header)
             if header_cn or header_fingerprint:

@@ -1,4 +1,5 @@
-"""The control plane's HTTP side: Prometheus /metrics, health endpoints and the admin GUI.
+"""The control plane's HTTP side: Prometheus /metrics, health endpoints, the admin GUI and
+gRPC-Web (control/grpcweb.py).
 
 It serves TLS with the gRPC port's files; with a client CA it asks for a client certificate
 but does not require one (a browser without one logs in with a token). With authentication
@@ -15,7 +16,9 @@ from aiohttp import web
 
 from pyarmonik.config import Settings
 from pyarmonik.control.auth import Authenticator, Unauthenticated
+from pyarmonik.control.grpcweb import GrpcWebGateway
 from pyarmonik.control.gui import AdminGui
+from pyarmonik.control.gui.official import OfficialGui
 from pyarmonik.control.httpauth import HttpAuth
 from pyarmonik.control.tls import TlsFiles
 from pyarmonik.observability.metrics import CONTENT_TYPE, exposition, set_task_counts
@@ -39,8 +42,10 @@ class HttpServer:
         port: int,
         settings: Settings | None = None,
         authenticator: Authenticator | None = None,
+        gateway: GrpcWebGateway | None = None,
     ):
         self.backends = backends
+        self.gateway = gateway
         self.host = host
         self.port = port
         self.settings = settings or Settings()
@@ -50,6 +55,8 @@ class HttpServer:
         self.auth = HttpAuth(self.settings, authenticator)
         # Read and checked now: bad files fail the start with the file named.
         self.tls = TlsFiles.of(self.settings) if settings is not None else None
+        directory = settings.official_gui_dir if settings is not None else None
+        self.official_gui = OfficialGui(directory) if directory is not None else None
         self._runner: web.AppRunner | None = None
 
     @property
@@ -61,6 +68,10 @@ class HttpServer:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/liveness", self.liveness)
         app.router.add_get("/readiness", self.readiness)
+        if self.gateway is not None:
+            self.gateway.install(app, self.auth)
+        if self.official_gui is not None:  # first: it answers two of /static/
+            self.official_gui.install(app)
         AdminGui(self.backends, self.auth).install(app)
         return app
 

@@ -94,15 +94,9 @@ class HttpAuth:
     def _credentials(self, request: web.Request) -> tuple[str, Credentials]:
         """(connection, credentials): the verified certificate, or the certificate headers
         of a trusted proxy; and the impersonation headers (as on the gRPC side)."""
-        assert self.authenticator is not None
         settings = self.settings
         headers = request.headers
-        cn, fingerprint = peer_certificate(request)
-        if self.authenticator.trusts_proxy(request.remote or "", cn):
-            header_cn = headers.get(settings.cn_header, "").strip()
-            header_fingerprint = headers.get(settings.fingerprint_header, "").strip()
-            if header_cn or header_fingerprint:
-                cn, fingerprint = header_cn, header_fingerprint
+        cn, fingerprint = self.certificate(request)
         if not cn and not fingerprint:
             raise Unauthenticated("No client certificate nor bearer token: log in")
         credentials = Credentials(
@@ -112,6 +106,19 @@ class HttpAuth:
             headers.get(settings.impersonation_username_header, "").strip(),
         )
         return _connection(request), credentials
+
+    def certificate(self, request: web.Request) -> tuple[str, str]:
+        """CN and fingerprint of the caller's certificate: the one our TLS verified, or the
+        certificate headers of a trusted proxy ('', '' without either)."""
+        cn, fingerprint = peer_certificate(request)
+        if self.authenticator is not None and self.authenticator.trusts_proxy(
+            request.remote or "", cn
+        ):
+            header_cn = request.headers.get(self.settings.cn_header, "").strip()
+            header_fingerprint = request.headers.get(self.settings.fingerprint_header, "").strip()
+            if header_cn or header_fingerprint:
+                return header_cn, header_fingerprint
+        return cn, fingerprint
 
     async def check(self, request: web.Request, permission: str | None) -> Identity:
         """The caller's identity if it holds `permission` (as the matching rpc needs);

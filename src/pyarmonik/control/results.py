@@ -98,8 +98,12 @@ class Results(ResultsServicer):  # type: ignore[misc]
     async def DownloadResultData(
         self, request: pb.DownloadResultDataRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.DownloadResultDataResponse]:
-        await self.guard.session(request.session_id)
-        data = await self.service.download(request.session_id, request.result_id)
+        session_id = request.session_id
+        if not session_id:  # Core finds the result by its id alone; the Admin GUI sends no session
+            await self.guard.results([request.result_id])
+            session_id = (await self.service.get(request.result_id)).session_id
+        await self.guard.session(session_id)
+        data = await self.service.download(session_id, request.result_id)
         async for chunk in rechunk(data, self.service.data_chunk_max_size):
             yield pb.DownloadResultDataResponse(data_chunk=chunk)
 

@@ -174,6 +174,10 @@ def matches(f: Filter, row: Mapping[str, Any]) -> bool:
 class SqlDialect(Protocol):
     """What differs between the SQL databases; every `?` in what it returns is one parameter."""
 
+    # Expression: the database's time now, in seconds since the epoch (heartbeats written by
+    # many hosts are compared on this one clock).
+    clock: str
+
     def json_text(self, column: str, key: str) -> str:
         """Expression: text at `key` of the JSON object in `column`, NULL when absent."""
         ...
@@ -205,6 +209,7 @@ class SqliteDialect:
 
     # SQLite's LIKE ignores case, GLOB does not; GLOB's wildcards are made literal with [...].
     _GLOB_ESCAPES = str.maketrans({"*": "[*]", "?": "[?]", "[": "[[]"})
+    clock = "((julianday('now') - 2440587.5) * 86400.0)"
 
     def json_text(self, column: str, key: str) -> str:
         # Not json_extract(col, '$."key"'): SQLite 3.40 neither unescapes \" in a path nor
@@ -228,6 +233,7 @@ class PostgresDialect:
     """
 
     _LIKE_ESCAPES = str.maketrans({"\\": "\\\\", "%": "\\%", "_": "\\_"})
+    clock = "(extract(epoch FROM clock_timestamp())::double precision)"
 
     def json_text(self, column: str, key: str) -> str:
         if _UNADDRESSABLE in key:

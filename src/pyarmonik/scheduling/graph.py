@@ -34,14 +34,16 @@ class ReadyTask:
     task_id: str
     partition_id: str
     priority: int
+    session_id: str  # the queue shares turns between sessions
 
 
-def _by_partition(ready: Sequence[ReadyTask]) -> dict[str, list[tuple[str, int]]]:
-    """Messages grouped by partition, highest priority first."""
-    by_partition: dict[str, list[tuple[str, int]]] = {}
+def _by_queue(ready: Sequence[ReadyTask]) -> dict[tuple[str, str], list[tuple[str, int]]]:
+    """Messages grouped by (partition, session), highest priority first."""
+    grouped: dict[tuple[str, str], list[tuple[str, int]]] = {}
     for task in sorted(ready, key=lambda t: -t.priority):
-        by_partition.setdefault(task.partition_id, []).append((task.task_id, task.priority))
-    return by_partition
+        key = (task.partition_id, task.session_id)
+        grouped.setdefault(key, []).append((task.task_id, task.priority))
+    return grouped
 
 
 # A parked message younger than this may be on its way to the broker from a live process:
@@ -65,8 +67,8 @@ async def push_ready_within(
             [(t.task_id, t.partition_id, t.priority) for t in ready], now()
         )
         return ready
-    for partition_id, messages in _by_partition(ready).items():
-        await queue.push_within(repository, partition_id, messages)
+    for (partition_id, session_id), messages in _by_queue(ready).items():
+        await queue.push_within(repository, partition_id, messages, session_id)
     return []
 
 
@@ -75,9 +77,9 @@ async def push_ready(backends: Backends, ready: Sequence[ReadyTask]) -> None:
     unpark them. Messages the broker refuses (down for longer than its reconnection window)
     stay parked for `push_parked`."""
     pushed: list[str] = []
-    for partition_id, messages in _by_partition(ready).items():
+    for (partition_id, session_id), messages in _by_queue(ready).items():
         try:
-            await backends.queue.push(partition_id, messages)
+            await backends.queue.push(partition_id, messages, session_id)
         except Exception as error:
             log.warning(
                 "queueing %d ready tasks failed (%r); parked until the queue is back",
@@ -99,14 +101,21 @@ async def push_parked(backends: Backends, limit: int = 1000) -> int:
     takes them; how many it took. A message pushed twice (two control planes, or a failure
     before the unpark) is harmless: agents drop the message of a task not theirs to run."""
     async with backends.database.read() as repository:
-        parked = [
-            ReadyTask(*message)
-            for message in await repository.unqueued(limit, parked_before=now() - PARKED_GRACE)
-        ]
+        rows = await repository.unqueued(limit, parked_before=now() - PARKED_GRACE)
+        # The outbox keeps no session: read it from the tasks (rare: a broker was down).
+        sessions = (
+            {
+                task.task_id: task.session_id
+                for task in await repository.find(Task, {"task_id": [row[0] for row in rows]})
+            }
+            if rows
+            else {}
+        )
+    parked = [ReadyTask(*row, sessions.get(row[0], "")) for row in rows]
     pushed: list[str] = []
     try:
-        for partition_id, messages in _by_partition(parked).items():
-            await backends.queue.push(partition_id, messages)
+        for (partition_id, session_id), messages in _by_queue(parked).items():
+            await backends.queue.push(partition_id, messages, session_id)
             pushed += [task_id for task_id, _ in messages]
     finally:
         if pushed:
@@ -194,7 +203,12 @@ async def submit(
     if paused:
         return []
     return [
-        ReadyTask(row["task_id"], row["opt_partition_id"] or "", row["opt_priority"] or 0)
+        ReadyTask(
+            row["task_id"],
+            row["opt_partition_id"] or "",
+            row["opt_priority"] or 0,
+            session.session_id,
+        )
         for row in rows
     ]
 

@@ -29,6 +29,7 @@ from pyarmonik.scheduling.graph import (
     submit,
     terminate,
 )
+from pyarmonik.scheduling.liveness import Heartbeat
 from pyarmonik.scheduling.sessions import load_session
 from pyarmonik.storage.database import Repository
 
@@ -93,6 +94,7 @@ class TaskProcessing:
         self.backends = backends
         self.owner_id = owner_id
         self.hostname = hostname
+        self.heartbeat = Heartbeat(backends.database, owner_id, hostname)
 
     # -- acquisition -------------------------------------------------------------------------
 
@@ -130,7 +132,13 @@ class TaskProcessing:
             # Our own id here means a previous life of this agent (or a message we dropped):
             # the caller checked that we do not hold the task now.
             mine = task.owner_pod_id == self.owner_id
-            if not mine and await probe(task.owner_pod_id, task.task_id):
+            # An owner found lost (its heartbeat stopped) is dead without asking it: a lost
+            # host would keep the probe waiting for its timeouts.
+            if (
+                not mine
+                and not await self.heartbeat.lost(task.owner_pod_id)
+                and await probe(task.owner_pod_id, task.task_id)
+            ):
                 return Acquisition(Verdict.LATER, task, session, "held by a live agent")
             return await self._recover(task, session)
         return await self._dispatch(task, session, received_at)
@@ -153,6 +161,7 @@ class TaskProcessing:
         taken = await repository.take_tasks(task_ids, values)
         if not taken:
             return []
+        await self.heartbeat.within(repository)  # no task is held under an old beat
         session_ids = list({task.session_id for task in taken})
         sessions = {
             s.session_id: s for s in await repository.find(Session, {"session_id": session_ids})
@@ -179,6 +188,8 @@ class TaskProcessing:
                 else TaskStatus.SUBMITTED
             )
             taken = await repository.update_returning(Task, where, self._dispatched(received_at))
+            if taken:
+                await self.heartbeat.within(repository)
         if not taken:
             return Acquisition(Verdict.LATER, task, session, "lost the race for it")
         return Acquisition(Verdict.ACQUIRED, taken[0], session)

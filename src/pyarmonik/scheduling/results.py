@@ -52,6 +52,20 @@ def check_opaque_ids(opaque_ids: list[bytes]) -> None:
             raise InvalidArgument(f"opaque id {opaque_id!r} is not printable ASCII")
 
 
+async def delete_unreferenced(backends: Backends, opaque_ids: list[bytes]) -> None:
+    """Delete those of the blobs that no result refers to. A commit whose connection broke
+    may have succeeded: when that cannot be checked, the blobs are kept (an orphan blob
+    costs space, a deleted one would be lost data)."""
+    if not opaque_ids:
+        return
+    try:
+        async with backends.database.read() as repository:
+            used = {r.opaque_id for r in await repository.find(Result, {"opaque_id": opaque_ids})}
+        await backends.objects.delete([o for o in opaque_ids if o not in used])
+    except Exception as error:
+        log.warning("could not check whether %d stored blobs are used: %r", len(opaque_ids), error)
+
+
 class ResultService:
     def __init__(self, backends: Backends, data_chunk_max_size: int):
         self.backends = backends
@@ -165,19 +179,7 @@ class ResultService:
         return await asyncio.shield(committing())
 
     async def _delete_unreferenced(self, opaque_ids: list[bytes]) -> None:
-        """Delete those of the blobs that no result refers to. A commit whose connection broke
-        may have succeeded: when that cannot be checked, the blobs are kept (an orphan blob
-        costs space, a deleted one would be lost data)."""
-        try:
-            async with self.backends.database.read() as repository:
-                used = {
-                    r.opaque_id for r in await repository.find(Result, {"opaque_id": opaque_ids})
-                }
-            await self.backends.objects.delete([o for o in opaque_ids if o not in used])
-        except Exception as error:
-            log.warning(
-                "could not check whether %d stored blobs are used: %r", len(opaque_ids), error
-            )
+        await delete_unreferenced(self.backends, opaque_ids)
 
     async def _complete(
         self, session_id: str, stored: list[tuple[str, bytes, int]]

@@ -139,7 +139,10 @@ class SessionService:
             ready = await push_ready_within(
                 self.backends,
                 repository,
-                [ReadyTask(t.task_id, t.options.partition_id, t.options.priority) for t in resumed],
+                [
+                    ReadyTask(t.task_id, t.options.partition_id, t.options.priority, session_id)
+                    for t in resumed
+                ],
             )
         await push_ready(self.backends, ready)
         return session

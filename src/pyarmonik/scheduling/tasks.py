@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
 
 from pyarmonik.domain.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -12,8 +14,10 @@ from pyarmonik.domain.records import Result, Session, Task
 from pyarmonik.domain.statuses import ResultStatus, SessionStatus
 from pyarmonik.scheduling.backends import Backends, now
 from pyarmonik.scheduling.graph import ReadyTask, create_tasks, push_ready, push_ready_within
+from pyarmonik.scheduling.results import delete_unreferenced
 from pyarmonik.scheduling.sessions import cancel_tasks_in, load_session
 from pyarmonik.storage.database import Repository
+from pyarmonik.storage.objects import single_chunk
 from pyarmonik.storage.objects.inline import InlineObjects
 
 
@@ -39,6 +43,17 @@ class NewTask:
     options: TaskOptions | None = None
 
 
+@dataclass
+class PayloadTask:
+    """A task of the legacy Submitter service (control/submitter.py): its payload travels with
+    it, and becomes a completed result of its own."""
+
+    payload: bytes
+    expected_output_ids: list[str]
+    data_dependencies: list[str] = field(default_factory=list)
+    payload_name: str = ""
+
+
 def plan_tasks(
     session: Session,
     request_options: TaskOptions | None,
@@ -57,8 +72,6 @@ def plan_tasks(
     for creation in creations:
         if not creation.payload_id:
             raise InvalidArgument("payload_id is required for every task")
-        if not creation.expected_output_ids:
-            raise InvalidArgument("every task needs at least one expected output")
         if len(set(creation.expected_output_ids)) != len(creation.expected_output_ids):
             raise InvalidArgument("expected outputs of a task must be distinct")
         options = creation.options.merged_over(defaults) if creation.options else defaults
@@ -152,6 +165,70 @@ class TaskService:
             ready = await push_ready_within(self.backends, repository, ready)
         await push_ready(self.backends, ready)
         return tasks
+
+    async def submit_with_payloads(
+        self,
+        session_id: str,
+        request_options: TaskOptions | None,
+        new: AsyncIterable[PayloadTask],
+    ) -> list[Task]:
+        """Store each task's payload as it comes (small ones wait for the transaction), then,
+        in one transaction, create the payloads as COMPLETED results owned by the session and
+        submit the tasks. On any failure, a stream broken halfway included, nothing is kept."""
+        async with self.backends.database.read() as repository:
+            await self._open_session(repository, session_id)  # refused before storing anything
+        objects = self.backends.objects
+        inline = objects if isinstance(objects, InlineObjects) else None
+        blobs: list[tuple[bytes, str, bytes]] = []
+        stored: list[tuple[PayloadTask, bytes]] = []
+        try:
+            async for task in new:
+                if inline is not None and inline.fits(len(task.payload)):
+                    blobs.append((inline.inline_id(), "", task.payload))
+                    stored.append((task, blobs[-1][0]))
+                else:
+                    stored.append((task, (await objects.put(single_chunk(task.payload)))[0]))
+            if not stored:
+                return []
+            stamp = now()
+            payloads = [
+                Result(
+                    result_id=new_id(),
+                    session_id=session_id,
+                    name=task.payload_name,
+                    status=ResultStatus.COMPLETED,
+                    owner_task_id=session_id,  # as for any data a client creates
+                    opaque_id=opaque_id,
+                    size=len(task.payload),
+                    created_at=stamp,
+                    completed_at=stamp,
+                )
+                for task, opaque_id in stored
+            ]
+            creations = [
+                TaskCreation(payload.result_id, task.expected_output_ids, task.data_dependencies)
+                for (task, _), payload in zip(stored, payloads, strict=True)
+            ]
+            async with self.backends.database.write() as repository:
+                session = await self._open_session(repository, session_id)
+                tasks = plan_tasks(session, request_options, creations)
+                await repository.put_blobs(blobs)
+                await repository.insert(payloads)
+                ready: list[ReadyTask] = await create_tasks(repository, session, tasks)
+                ready = await push_ready_within(self.backends, repository, ready)
+        except BaseException:
+            outer = [o for _, o in stored if inline is None or not inline.is_inline(o)]
+            await asyncio.shield(delete_unreferenced(self.backends, outer))
+            raise
+        await push_ready(self.backends, ready)
+        return tasks
+
+    @staticmethod
+    async def _open_session(repository: Repository, session_id: str) -> Session:
+        session = await load_session(repository, session_id)
+        if session.status not in (SessionStatus.RUNNING, SessionStatus.PAUSED):
+            raise FailedPrecondition(f"Session {session_id} is {session.status.name}")
+        return session
 
     async def get(self, task_id: str) -> Task:
         if not task_id:

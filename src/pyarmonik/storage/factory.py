@@ -1,62 +1,39 @@
-"""Backends from configuration URLs: the only place that knows every adapter."""
+"""Backends from configuration URLs: each adapter found by its URL scheme among the installed
+entry points (storage/plugins.py), then assembled."""
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
+import logging
 
 from pyarmonik.config import Settings
-from pyarmonik.domain.errors import InvalidArgument
 from pyarmonik.scheduling.backends import Backends
 from pyarmonik.storage.database import Database
 from pyarmonik.storage.objects import ObjectStorage
-from pyarmonik.storage.queue import Queue
+from pyarmonik.storage.plugins import adapter, scheme_of
+from pyarmonik.storage.queue import Queue, unsupported
+
+log = logging.getLogger(__name__)
 
 
 def open_database(url: str) -> Database:
-    scheme = urlparse(url).scheme
-    if scheme == "sqlite":
-        from pyarmonik.storage.database.sqlite import SqliteDatabase
-
-        return SqliteDatabase(url.removeprefix("sqlite://"))
-    if scheme in ("postgres", "postgresql"):
-        from pyarmonik.storage.database.postgres import PostgresDatabase
-
-        return PostgresDatabase(url)
-    raise InvalidArgument(
-        f"unsupported database URL {url!r} (use sqlite:///PATH or postgresql://...)"
-    )
+    opened: Database = adapter("database", url)(url)
+    return opened
 
 
-def open_queue(url: str, database: Database) -> Queue:
-    scheme = urlparse(url).scheme
-    if url == "table":
-        from pyarmonik.storage.queue.table import TableQueue
-
-        return TableQueue(database)
-    if scheme in ("amqp", "amqps"):
-        from pyarmonik.storage.queue.rabbitmq import RabbitQueue
-
-        return RabbitQueue(url)
-    raise InvalidArgument(f"unsupported queue URL {url!r} (use 'table' or amqp://...)")
+def open_queue(url: str, database: Database, fair: bool = True) -> Queue:
+    """`fair`: turns between sessions within a priority; False: strict FIFO. A queue that
+    cannot reorder (see `unsupported` in storage/queue) serves in its own order."""
+    queue: Queue = adapter("queue", url)(url, database=database, fair=fair)
+    if fair and "fair_share" in unsupported(queue):
+        log.warning(
+            "the %r queue has no fair share: %s", scheme_of(url), unsupported(queue)["fair_share"]
+        )
+    return queue
 
 
 def open_objects(url: str) -> ObjectStorage:
-    scheme = urlparse(url).scheme
-    if scheme == "file":
-        from pyarmonik.storage.objects.files import FileStorage
-
-        return FileStorage(url.removeprefix("file://"))
-    if scheme in ("redis", "rediss"):
-        from pyarmonik.storage.objects.redis import RedisStorage
-
-        return RedisStorage(url)
-    if scheme == "s3":
-        from pyarmonik.storage.objects.s3 import S3Storage
-
-        return S3Storage(url)
-    raise InvalidArgument(
-        f"unsupported object storage URL {url!r} (use file://, redis:// or s3://)"
-    )
+    objects: ObjectStorage = adapter("objects", url)(url)
+    return objects
 
 
 def open_backends(settings: Settings) -> Backends:
@@ -68,7 +45,7 @@ def open_backends(settings: Settings) -> Backends:
     objects = InlineObjects(database, open_objects(settings.objects_url), settings.inline_threshold)
     return Backends(
         database=database,
-        queue=open_queue(settings.queue_url, database),
+        queue=open_queue(settings.queue_url, database, fair=settings.queue_order == "fair"),
         objects=objects,
         partitions=[p.record() for p in settings.partition_list()],
         default_partition=settings.default_partition,

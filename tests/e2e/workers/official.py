@@ -40,6 +40,20 @@ def run(handler: TaskHandler) -> Output:
     elif kind == "sleep":
         time.sleep(order["seconds"])
         handler.send_results({handler.expected_results[0]: b"slept"})
+    elif kind == "silent":
+        # A task without outputs: its only trace is a file (the workers share this host).
+        with open(order["marker"], "w") as marker:
+            marker.write(handler.task_id)
+    elif kind == "spawn_silent":
+        # A subtask without outputs, as the C#, C++, Java and Rust SDKs may submit one (the
+        # Python SDK's TaskDefinition refuses it, so its check is bypassed).
+        payload = handler.create_results(
+            {"p": json.dumps({"kind": "silent", "marker": order["marker"]}).encode()}
+        )
+        child = TaskDefinition(payload_id=payload["p"].result_id, expected_output_ids=["-"])
+        child.expected_output_ids = []
+        handler.submit_tasks([child])
+        handler.send_results({handler.expected_results[0]: b"spawned"})
     elif kind == "fanout":
         # n children each producing a value, and an aggregation task that inherits our output
         n = order["n"]

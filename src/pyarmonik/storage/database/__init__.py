@@ -32,8 +32,9 @@ class Database(Protocol):
         """A repository for reads (a consistent snapshot is not promised across calls)."""
         ...
 
-    def write(self) -> AbstractAsyncContextManager[Repository]:
-        """A repository inside one transaction, committed on normal exit, rolled back on error."""
+    def write(self, announce: bool = True) -> AbstractAsyncContextManager[Repository]:
+        """A repository inside one transaction, committed on normal exit, rolled back on error.
+        `announce=False`: what it changes need not wake the processes waiting for changes."""
         ...
 
     async def wait_for_changes(self, timeout: float) -> None:

@@ -251,12 +251,24 @@ CREATE TABLE IF NOT EXISTS objects (
 CREATE INDEX IF NOT EXISTS objects_owner ON objects (owner);
 """
 
+# Agents' heartbeats (scheduling/liveness.py), on the database's clock; `lost_at` is set when
+# a control plane hands the tasks of a silent agent back.
+_AGENTS = """
+CREATE TABLE IF NOT EXISTS agents (
+    owner_id {text} PRIMARY KEY,
+    hostname {text} NOT NULL,
+    heartbeat_at DOUBLE PRECISION NOT NULL,
+    lost_at DOUBLE PRECISION
+);
+"""
+
 # Schema migrations, applied in order, each once (recorded in schema_version). Append only.
 MIGRATIONS: list[str] = [
     _TABLES + _LOG_FUNCTIONS + _LOG_TRIGGERS,
     _UNQUEUED,
     _AUTHENTICATION,
     _OBJECTS,
+    _AGENTS,
 ]
 
 # What a connection attempt raises when the server is down, unknown, or refuses us.
@@ -496,7 +508,8 @@ class PostgresDatabase:
             await pool.release(connection)
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[Repository]:
+    async def write(self, announce: bool = True) -> AsyncIterator[Repository]:
+        # `announce` is SQLite's: here only the change log's triggers notify.
         pool = self._started()
         connection, transaction = await self._connect(pool, begin=True)
         assert transaction is not None

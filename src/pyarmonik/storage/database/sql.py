@@ -488,6 +488,58 @@ class Repository:
                 list(part),
             )
 
+    # -- agents' heartbeats (scheduling/liveness.py), on the database's clock ---------------
+
+    async def beat(self, owner_id: str, hostname: str) -> None:
+        """Agent `owner_id` is alive now (and no longer lost, if it was found so)."""
+        await self.connection.execute(
+            "INSERT INTO agents (owner_id, hostname, heartbeat_at, lost_at) "
+            f"VALUES (?, ?, {self.dialect.clock}, NULL) ON CONFLICT (owner_id) DO UPDATE "
+            "SET heartbeat_at = excluded.heartbeat_at, lost_at = NULL",
+            [owner_id, hostname],
+        )
+
+    async def agent_lost(self, owner_id: str) -> bool:
+        """Whether agent `owner_id` was found lost (`mark_lost`) and has not beaten since."""
+        rows = await self.connection.fetch(
+            "SELECT 1 AS found FROM agents WHERE owner_id = ? AND lost_at IS NOT NULL",
+            [owner_id],
+        )
+        return bool(rows)
+
+    async def silent_owners(self, silent_for: float) -> list[str]:
+        """Agents not found lost yet that hold tasks (DISPATCHED or PROCESSING) and have not
+        beaten for `silent_for` seconds."""
+        # From the few tasks held to their agents, never from an agent to all the tasks it
+        # ever ran (SQLite's CROSS JOIN keeps this order; PostgreSQL has the statistics).
+        rows = await self.connection.fetch(
+            "SELECT DISTINCT owner_id FROM tasks CROSS JOIN agents WHERE owner_pod_id = owner_id "
+            f"AND tasks.status IN (?, ?) AND lost_at IS NULL "
+            f"AND heartbeat_at < {self.dialect.clock} - ?",
+            [int(TaskStatus.DISPATCHED), int(TaskStatus.PROCESSING), silent_for],
+        )
+        return sorted(row["owner_id"] for row in rows)
+
+    async def mark_lost(self, owner_ids: Sequence[str], silent_for: float) -> list[str]:
+        """Mark lost those of the agents still silent for `silent_for` seconds and not marked
+        yet; returns them (of concurrent callers, one marks each agent)."""
+        lost: list[str] = []
+        for part in chunks(list(owner_ids)):
+            rows = await self.connection.fetch(
+                f"UPDATE agents SET lost_at = {self.dialect.clock} "
+                f"WHERE owner_id IN ({','.join('?' * len(part))}) AND lost_at IS NULL "
+                f"AND heartbeat_at < {self.dialect.clock} - ? RETURNING owner_id",
+                [*part, silent_for],
+            )
+            lost += [row["owner_id"] for row in rows]
+        return lost
+
+    async def forget_agents(self, silent_for: float) -> int:
+        """Delete the rows of agents silent for `silent_for` seconds; how many."""
+        return await self.connection.execute(
+            f"DELETE FROM agents WHERE heartbeat_at < {self.dialect.clock} - ?", [silent_for]
+        )
+
     # -- change log ----------------------------------------------------------------------------
 
     async def last_change(self) -> int:

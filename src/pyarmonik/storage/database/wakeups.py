@@ -7,6 +7,11 @@ byte to every other socket of the folder, without blocking: a full receive queue
 owner is awake anyway, and a socket nobody reads any more (its process died) is removed. The
 receiving side is a reader callback on the event loop, no thread. A lost datagram only
 delays a waiter until its fallback timeout.
+
+A process that is not waiting renames its socket aside (`.p`, `pause`) and back (`.s`,
+`resume`): committers send only to waiters, so 64 busy agents no longer cost every commit 64
+system calls. What was committed while a process did not listen, it learns on `resume` from
+the database itself (SqliteDatabase compares SQLite's `data_version`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ SUFFIX = ".wake"
 # A folder listing taken while the folder's mtime was this young may miss an entry added in
 # the same timestamp tick (mtime does not change then): such a listing is taken again.
 RACY_NS = 1_000_000_000
+PROBE_PAUSED_EVERY = 10.0
 # How long a socket name is: pid and a random part (unique across processes and instances).
 _NAME_LENGTH = len(f"{2**22}-{'0' * 12}.s")
 
@@ -67,11 +73,15 @@ class Wakeups:
         self._socket: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}.s"
+        self._paused_name = self.name[:-2] + ".p"  # the same length: fits as well
+        self._paused = False
         self.received = 0  # datagrams read (tests look at it)
         self.removed = 0  # dead sockets removed
         self.disabled = False  # the folder cannot be used: waiters fall back to their timeout
         self._sender: socket.socket | None = None
         self._peers: list[str] = []
+        self._paused_peers: list[str] = []
+        self._probe_at = 0.0  # time.monotonic() when paused sockets are sent to again
         self._listed_mtime = -1  # mtime (ns) of the folder when listed; -1: list again
 
     @property
@@ -110,10 +120,18 @@ class Wakeups:
         they wait in the socket's queue, or are dropped once it is full)."""
         if self._socket is not None and self._loop is not None:
             self._loop.remove_reader(self._socket.fileno())
+            if not self._paused:
+                self._paused = True
+                with suppress(OSError):
+                    os.rename(self.folder / self.name, self.folder / self._paused_name)
 
     def resume(self) -> None:
         """Read wake-ups again, those that came meanwhile first."""
         if self._socket is not None and self._loop is not None:
+            if self._paused:
+                self._paused = False
+                with suppress(OSError):
+                    os.rename(self.folder / self._paused_name, self.folder / self.name)
             self._loop.add_reader(self._socket.fileno(), self._drain)
             self._drain()
 
@@ -138,6 +156,10 @@ class Wakeups:
         if self.disabled:
             return 0
         peers = self._listing()
+        if self._paused_peers and time.monotonic() >= self._probe_at:
+            # Now and then the paused sockets too: those of dead processes are removed.
+            self._probe_at = time.monotonic() + PROBE_PAUSED_EVERY
+            peers = peers + self._paused_peers
         if not peers:
             return 0
         if self._sender is None:
@@ -168,7 +190,7 @@ class Wakeups:
         try:
             mtime = os.stat(self.folder).st_mtime_ns
         except OSError:  # nobody listens yet
-            self._peers, self._listed_mtime = [], -1
+            self._peers, self._paused_peers, self._listed_mtime = [], [], -1
             return self._peers
         if mtime != self._listed_mtime:
             try:
@@ -176,6 +198,9 @@ class Wakeups:
             except OSError:
                 names = []
             self._peers = [name for name in names if name.endswith(".s") and name != self.name]
+            self._paused_peers = [
+                name for name in names if name.endswith(".p") and name != self._paused_name
+            ]
             racy = time.time_ns() - mtime < RACY_NS
             self._listed_mtime = -1 if racy else mtime
         return self._peers
@@ -192,7 +217,8 @@ class Wakeups:
             self._loop.remove_reader(self._socket.fileno())
         self._socket.close()
         self._socket = None
-        with suppress(OSError):
-            os.unlink(self.folder / self.name)
+        for name in (self.name, self._paused_name):
+            with suppress(OSError):
+                os.unlink(self.folder / name)
         with suppress(OSError):  # not empty: others listen (a binder retries if it lost)
             self.folder.rmdir()

@@ -21,6 +21,19 @@
   value, because per-message TTLs only expire at the head of a queue (a long delay would
   hold back a short one behind it); delays are rounded up to 100 ms to bound their number,
   and each such queue expires (`x-expires`) a minute after its last use.
+- Fair share (`fair=True`): RabbitMQ cannot reorder what it holds, so each ArmoniK priority
+  level is split into BANDS AMQP priorities and a message's band says how many messages of
+  its session were queued in the partition before it: the first BAND_BASE take the top band,
+  the next ones (up to BAND_BASE², then BAND_BASE³) the lower ones, the rest the bottom one.
+  A session with few queued tasks thus goes ahead of the bulk of a big one; within a band
+  it is FIFO, and a higher level always wins. The count is this publisher's own (what it
+  pushed per session and partition), capped by the queue's ready messages (a session cannot
+  have more waiting than the queue holds, read at most every WAITING_TTL): exact for one
+  publisher, an estimate with several. A queue then has `max_priority * BANDS` AMQP
+  priorities. RabbitMQ refuses to redeclare a durable queue with another `x-max-priority`,
+  so a queue made with the other layout (by an earlier version, or with `fair=False`) is
+  kept as it is: its layout is probed at first use, and a fair publisher on a FIFO queue
+  serves FIFO (logged); delete the queue when empty, or use another prefix, to change it.
 """
 
 from __future__ import annotations
@@ -50,6 +63,12 @@ from pyarmonik.storage.urls import pop_query
 log = logging.getLogger(__name__)
 
 DELAY_STEP_MS = 100
+# Fair share: AMQP priorities per ArmoniK priority level, and the growth of the bands (see the
+# module docstring).
+BANDS = 4
+BAND_BASE = 8
+# Seconds the ready count of a queue, read at a push, serves the next pushes.
+WAITING_TTL = 0.5
 DELAY_QUEUE_IDLE_MS = 60_000
 WEEK_MS = 7 * 24 * 3600 * 1000
 
@@ -80,9 +99,10 @@ class RabbitQueue:
         pull_wait: float = 0.2,
         consumer_timeout_ms: int | None = WEEK_MS,
         reconnect_for: float = 60.0,
+        fair: bool = True,
     ):
-        if not 2 <= max_priority <= 256:
-            raise ValueError("max_priority must be between 2 and 256")
+        if not 2 <= max_priority <= 256 // BANDS:
+            raise ValueError(f"max_priority must be between 2 and {256 // BANDS}")
         # `?prefix=NAME` in the URL names the queues (deployments or tests sharing a broker);
         # the `prefix` argument wins over it, "pyarmonik" is the default. `?reconnect_for=S`
         # sets `reconnect_for`.
@@ -95,6 +115,14 @@ class RabbitQueue:
                 raise ValueError("reconnect_for must be a number of seconds") from None
         self.prefix = prefix or url_prefix or "pyarmonik"
         self.max_priority = max_priority
+        self.fair = fair
+        # Bands per level of each partition's queue (its layout, probed at first use).
+        self._bands: dict[str, int] = {}
+        # Fair share: messages pushed per partition and session that may still be waiting.
+        self._queued: dict[str, dict[str, int]] = {}
+        # Ready messages of each partition's queue as last read (plus what we pushed since),
+        # and when it was read.
+        self._waiting: dict[str, tuple[int, float]] = {}
         self.prefetch = max(1, prefetch)
         self.pull_wait = pull_wait
         self.consumer_timeout_ms = consumer_timeout_ms
@@ -162,39 +190,84 @@ class RabbitQueue:
         """Scale an ArmoniK priority (1..99, higher first) onto 0..max_priority-1."""
         return (min(max(priority, 1), 99) - 1) * self.max_priority // 99
 
+    def fair_priority(self, priority: int, ahead: int, bands: int = BANDS) -> int:
+        """The AMQP priority of a message of `priority` with `ahead` messages of its session
+        queued before it: its level, then its band within the level (the fewer ahead, the
+        higher)."""
+        depth, limit = 0, BAND_BASE
+        while ahead >= limit and depth < bands - 1:
+            depth, limit = depth + 1, limit * BAND_BASE
+        return self.amqp_priority(priority) * bands + bands - 1 - depth
+
+    def _arguments(self, bands: int) -> dict[str, Any]:
+        arguments: dict[str, Any] = {"x-max-priority": self.max_priority * bands - 1}
+        if self.consumer_timeout_ms is not None:
+            arguments["x-consumer-timeout"] = self.consumer_timeout_ms
+        return arguments
+
     async def _queue(self, partition_id: str) -> AbstractQueue:
         """The partition's main queue, declared once per instance."""
         queue = self._queues.get(partition_id)
         if queue is None:
             name = self.queue_name(partition_id)
-            arguments: dict[str, Any] = {"x-max-priority": self.max_priority - 1}
-            if self.consumer_timeout_ms is not None:
-                arguments["x-consumer-timeout"] = self.consumer_timeout_ms
-            queue = await self._channel().declare_queue(name, durable=True, arguments=arguments)
+            bands = await self._layout(name)
+            queue = await self._channel().declare_queue(
+                name, durable=True, arguments=self._arguments(bands)
+            )
             self.declared.add(name)
+            self._bands[partition_id] = bands
             self._queues[partition_id] = queue
         return queue
+
+    async def _layout(self, name: str) -> int:
+        """Bands per level of the queue `name`: ours when it is new or made alike, else the
+        other layout (a queue is never redeclared with another `x-max-priority`). Probed on
+        a channel of its own: a refused declaration closes the channel."""
+        if self._connection is None:
+            raise Unavailable(f"{self._where}: queue not started")
+        wanted = BANDS if self.fair else 1
+        for bands in (wanted, 1 if self.fair else BANDS):
+            channel = await self._connection.channel()
+            try:
+                await channel.declare_queue(
+                    name, durable=True, arguments=self._arguments(bands), robust=False
+                )
+            except aio_pika.exceptions.ChannelPreconditionFailed:
+                continue
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+            if bands != wanted:
+                log.warning(
+                    "queue %s was made for %s order and is kept so: delete it when empty (or "
+                    "use another prefix) to serve in %s order",
+                    name,
+                    "fair" if bands > 1 else "FIFO",
+                    "fair" if self.fair else "FIFO",
+                )
+            return bands
+        raise Unavailable(f"{self._where}: queue {name} exists with other arguments")
 
     def _channel(self) -> AbstractChannel:
         if self._publisher is None:
             raise Unavailable(f"{self._where}: queue not started")
         return self._publisher
 
-    async def push(self, partition_id: str, messages: list[tuple[str, int]]) -> None:
+    async def push(
+        self, partition_id: str, messages: list[tuple[str, int]], session_id: str = ""
+    ) -> None:
         """Publish, waiting up to `reconnect_for` seconds for a lost connection to be back:
         the tasks are already SUBMITTED in the database, a message not sent would leave them
         there for good. Republishing a batch partly sent before is fine (at least once)."""
         if not messages:
             return
-        bodies: list[tuple[bytes, int | None]] = [
-            (task_id.encode(), self.amqp_priority(priority)) for task_id, priority in messages
-        ]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.reconnect_for
         pause = 0.1
         while True:
             try:
-                await self._queue(partition_id)
+                queue = await self._queue(partition_id)
+                bodies = await self._bodies(queue, partition_id, messages, session_id)
                 await self._publish(self.queue_name(partition_id), bodies)
                 return
             except (
@@ -215,6 +288,35 @@ class RabbitQueue:
                     )
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
+
+    async def _bodies(
+        self,
+        queue: AbstractQueue,
+        partition_id: str,
+        messages: list[tuple[str, int]],
+        session_id: str,
+    ) -> list[tuple[bytes, int | None]]:
+        """Bodies and AMQP priorities of messages of one session (see the module docstring)."""
+        bands = self._bands[partition_id]
+        if bands == 1:
+            return [(task_id.encode(), self.amqp_priority(p)) for task_id, p in messages]
+        if not self.fair:  # a FIFO publisher on a fair queue: everything in the bottom band
+            return [(task_id.encode(), self.amqp_priority(p) * bands) for task_id, p in messages]
+        counts = self._queued.setdefault(partition_id, {})
+        now = asyncio.get_running_loop().time()
+        waiting, read_at = self._waiting.get(partition_id, (0, -math.inf))
+        if now - read_at > WAITING_TTL:  # a round trip per push would slow small pushes
+            waiting = int((await queue.declare()).message_count or 0)
+            if waiting == 0 or len(counts) > 10_000:
+                counts.clear()  # nothing waits any more (or too many sessions to remember)
+            read_at = now
+        ahead = min(counts.get(session_id, 0), waiting)
+        counts[session_id] = ahead + len(messages)
+        self._waiting[partition_id] = (waiting + len(messages), read_at)
+        return [
+            (task_id.encode(), self.fair_priority(priority, ahead + index, bands))
+            for index, (task_id, priority) in enumerate(messages)
+        ]
 
     async def _publish(self, queue_name: str, messages: list[tuple[bytes, int | None]]) -> None:
         """Publish persistent messages in order; return once the broker confirmed them all."""
@@ -271,8 +373,11 @@ class RabbitQueue:
             # Deliveries sent before CancelOk still reach on_message (frames are ordered).
             await consumer.queue.cancel(previous)
 
-    async def pull(self, partition_id: str, count: int, lease: float) -> list[QueueMessage]:
-        """Up to `count` buffered deliveries, waiting at most `pull_wait` for the first one.
+    async def pull(
+        self, partition_id: str, count: int, lease: float, wait: bool = True
+    ) -> list[QueueMessage]:
+        """Up to `count` buffered deliveries, waiting at most `pull_wait` for the first one
+        (unless `wait` is False).
 
         `lease` is not needed: a delivery stays ours until acked, released, or our
         connection is lost."""
@@ -286,6 +391,8 @@ class RabbitQueue:
                 # The tasks we run fill this consumer's window (or the batch exceeds it).
                 await self._subscribe(consumer, max(count, self.prefetch))
             if not consumer.buffer:
+                if not wait:
+                    return []
                 try:
                     await asyncio.wait_for(consumer.arrived.wait(), self.pull_wait)
                 except TimeoutError:
