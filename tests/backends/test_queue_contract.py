@@ -116,12 +116,16 @@ async def test_release_with_delay(queue_backend: QueueBackend) -> None:
     held = await pull_until(queue, "p", 2)
     released_at = time.monotonic()
     await queue.release(held, delay=1.0)
-    assert await queue.pull("p", 2, LEASE) == []
-    await asyncio.sleep(0.5)
-    assert await queue.pull("p", 2, LEASE) == []
-    again = await pull_until(queue, "p", 2, within=5)
+    # Whenever a pull brings them back, the delay has passed (on a loaded machine the first
+    # pull may itself end after it: the check holds at any speed).
+    again: list[QueueMessage] = []
+    while len(again) < 2 and time.monotonic() - released_at < 6:
+        pulled = await queue.pull("p", 2 - len(again), LEASE)
+        if pulled:
+            assert time.monotonic() - released_at >= 0.95, "delivered before its delay"
+        again += pulled
+        await asyncio.sleep(0.05)
     assert sorted(ids(again)) == ["a", "b"]
-    assert time.monotonic() - released_at >= 0.95
 
 
 async def test_dead_consumer_messages_go_to_another(queue_backend: QueueBackend) -> None:

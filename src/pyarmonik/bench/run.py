@@ -203,20 +203,26 @@ def _report(workload: str, cluster: Cluster, channel: grpc.Channel, session_id: 
     )
 
 
+def submit_independent(channel: grpc.Channel, session_id: str, tasks: int, payload: bytes) -> None:
+    """`tasks` independent tasks sharing one payload, each with its own output, submitted
+    in batches of 1,000 (the official client's calls)."""
+    results = ArmoniKResults(channel)
+    payload_id = results.create_results({"payload": payload}, session_id)["payload"].result_id
+    names = [f"out{i}" for i in range(tasks)]
+    outputs = results.create_results_metadata(names, session_id, batch_size=1000)
+    definitions = [
+        TaskDefinition(payload_id=payload_id, expected_output_ids=[outputs[n].result_id])
+        for n in names
+    ]
+    ArmoniKTasks(channel).submit_tasks(session_id, definitions, chunk_size=1000)
+
+
 def indep(tasks: int, agents: int, extra: list[str], backends: str) -> Report:
     """N independent no-op tasks submitted in one batch."""
     with Cluster(agents, extra) as cluster, grpc.insecure_channel(cluster.endpoint) as channel:
         session_id = ArmoniKSessions(channel).create_session(OPTIONS)
-        results = ArmoniKResults(channel)
         start = time.monotonic()
-        payload = results.create_results({"payload": b"indep"}, session_id)["payload"].result_id
-        names = [f"out{i}" for i in range(tasks)]
-        outputs = results.create_results_metadata(names, session_id, batch_size=1000)
-        definitions = [
-            TaskDefinition(payload_id=payload, expected_output_ids=[outputs[n].result_id])
-            for n in names
-        ]
-        ArmoniKTasks(channel).submit_tasks(session_id, definitions, chunk_size=1000)
+        submit_independent(channel, session_id, tasks, b"indep")
         submitted = tasks / (time.monotonic() - start)
         _wait_done(channel, session_id, tasks)
         return _report("indep", cluster, channel, session_id, start, submitted, backends)

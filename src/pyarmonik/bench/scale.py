@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from armonik.client import ArmoniKResults, ArmoniKSessions, ArmoniKTasks
-from armonik.common import Task, TaskDefinition, TaskStatus
+from armonik.client import ArmoniKSessions, ArmoniKTasks
+from armonik.common import Task, TaskStatus
 
-from pyarmonik.bench.run import OPTIONS, Cluster, _descendants, _timings
+from pyarmonik.bench.run import OPTIONS, Cluster, _descendants, _timings, submit_independent
 
 TICKS = os.sysconf("SC_CLK_TCK")
 ROLES = ("agents", "workers", "control")
@@ -136,22 +136,8 @@ def measure(
         time.sleep(idle_seconds)
         idle = _difference(_cpu(root), before)
         session_id = ArmoniKSessions(channel).create_session(OPTIONS)
-        results = ArmoniKResults(channel)
         before = _cpu(root)
-        payload = results.create_results({"payload": f"sleep:{task_ms}".encode()}, session_id)
-        names = [f"out{i}" for i in range(tasks)]
-        outputs = results.create_results_metadata(names, session_id, batch_size=1000)
-        ArmoniKTasks(channel).submit_tasks(
-            session_id,
-            [
-                TaskDefinition(
-                    payload_id=payload["payload"].result_id,
-                    expected_output_ids=[outputs[n].result_id],
-                )
-                for n in names
-            ],
-            chunk_size=1000,
-        )
+        submit_independent(channel, session_id, tasks, f"sleep:{task_ms}".encode())
         retried = _wait_finished(channel, session_id, tasks)
         used = _difference(_cpu(root), before)
         rss = _rss_mb_per_agent(root)

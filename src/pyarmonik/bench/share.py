@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from armonik.client import ArmoniKResults, ArmoniKSessions, ArmoniKTasks
-from armonik.common import Task, TaskDefinition
+from armonik.client import ArmoniKSessions, ArmoniKTasks
+from armonik.common import Task
 
-from pyarmonik.bench.run import OPTIONS, Cluster, _wait_done
+from pyarmonik.bench.run import OPTIONS, Cluster, _wait_done, submit_independent
 
 
 @dataclass
@@ -29,24 +29,6 @@ class ShareRow:
     b_seconds: float  # B: first created → last ended
     b_over_a: float
     a_left: int  # A's tasks not ended yet when B's last one ended
-
-
-def _submit(channel: grpc.Channel, session_id: str, tasks: int, task_ms: int) -> None:
-    results = ArmoniKResults(channel)
-    payload = results.create_results({"payload": f"sleep:{task_ms}".encode()}, session_id)
-    names = [f"out{i}" for i in range(tasks)]
-    outputs = results.create_results_metadata(names, session_id, batch_size=1000)
-    ArmoniKTasks(channel).submit_tasks(
-        session_id,
-        [
-            TaskDefinition(
-                payload_id=payload["payload"].result_id,
-                expected_output_ids=[outputs[name].result_id],
-            )
-            for name in names
-        ],
-        chunk_size=1000,
-    )
 
 
 def _tasks(channel: grpc.Channel, session_id: str) -> list[Task]:
@@ -77,8 +59,8 @@ def measure(
         ):
             sessions = ArmoniKSessions(channel)
             a, b = sessions.create_session(OPTIONS), sessions.create_session(OPTIONS)
-            _submit(channel, a, a_tasks, task_ms)
-            _submit(channel, b, b_tasks, task_ms)
+            submit_independent(channel, a, a_tasks, f"sleep:{task_ms}".encode())
+            submit_independent(channel, b, b_tasks, f"sleep:{task_ms}".encode())
             _wait_done(channel, a, a_tasks)
             _wait_done(channel, b, b_tasks)
             a_rows, b_rows = _tasks(channel, a), _tasks(channel, b)

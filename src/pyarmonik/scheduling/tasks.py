@@ -133,17 +133,7 @@ class TaskService:
         stamp = now()
         blobs = [(inline.inline_id(), "", n.payload) for n in new]
         payloads = [
-            Result(
-                result_id=new_id(),
-                session_id=session_id,
-                name=n.payload_name,
-                status=ResultStatus.COMPLETED,
-                owner_task_id=session_id,  # as for any data a client creates
-                opaque_id=opaque_id,
-                size=len(n.payload),
-                created_at=stamp,
-                completed_at=stamp,
-            )
+            payload_result(session_id, n.payload_name, opaque_id, len(n.payload), stamp)
             for n, (opaque_id, _, _) in zip(new, blobs, strict=True)
         ]
         outputs = [
@@ -192,17 +182,7 @@ class TaskService:
                 return []
             stamp = now()
             payloads = [
-                Result(
-                    result_id=new_id(),
-                    session_id=session_id,
-                    name=task.payload_name,
-                    status=ResultStatus.COMPLETED,
-                    owner_task_id=session_id,  # as for any data a client creates
-                    opaque_id=opaque_id,
-                    size=len(task.payload),
-                    created_at=stamp,
-                    completed_at=stamp,
-                )
+                payload_result(session_id, task.payload_name, opaque_id, len(task.payload), stamp)
                 for task, opaque_id in stored
             ]
             creations = [
@@ -274,3 +254,18 @@ class TaskService:
             await self._load(repository, task_ids)
             await cancel_tasks_in(repository, {"task_id": task_ids}, "Task was cancelled")
             return await self._load(repository, task_ids)
+
+
+def payload_result(session_id: str, name: str, opaque_id: bytes, size: int, stamp: float) -> Result:
+    """The completed result holding a payload sent with its task."""
+    return Result(
+        result_id=new_id(),
+        session_id=session_id,
+        name=name,
+        status=ResultStatus.COMPLETED,
+        owner_task_id=session_id,  # as for any data a client creates
+        opaque_id=opaque_id,
+        size=size,
+        created_at=stamp,
+        completed_at=stamp,
+    )
