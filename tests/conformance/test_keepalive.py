@@ -79,6 +79,7 @@ def _quiet_stream(channel: grpc.Channel, session_id: str) -> Stream:
     return Stream(stub.GetEvents(events_common_pb2.EventSubscriptionRequest(session_id=session_id)))
 
 
+@pytest.mark.timeout(WATCH_SECONDS + 120)  # the suite's 300 s would cut a 5-minute watch
 def test_clients_pinging_every_10_s_keep_their_connection(plane: BackgroundControlPlane) -> None:
     session_id = ArmoniKSessions(grpc.insecure_channel(plane.endpoint)).create_session(OPTIONS)
     idle = Watched(plane.endpoint, every=10)

@@ -266,8 +266,14 @@ class RabbitQueue:
         pause = 0.1
         while True:
             try:
-                queue = await self._queue(partition_id)
-                bodies = await self._bodies(queue, partition_id, messages, session_id)
+                # Declaring and counting wait for a lost connection without end: bounded by
+                # what is left of `reconnect_for`, as the retries are.
+                left = max(deadline - loop.time(), 0.1)
+                queue = await asyncio.wait_for(self._queue(partition_id), left)
+                left = max(deadline - loop.time(), 0.1)
+                bodies = await asyncio.wait_for(
+                    self._bodies(queue, partition_id, messages, session_id), left
+                )
                 await self._publish(self.queue_name(partition_id), bodies)
                 return
             except (
@@ -275,6 +281,7 @@ class RabbitQueue:
                 aio_pika.exceptions.AMQPError,
                 ConnectionError,
                 RuntimeError,
+                TimeoutError,
             ) as exc:
                 connection = self._connection
                 if connection is None or self._closing or loop.time() + pause > deadline:
