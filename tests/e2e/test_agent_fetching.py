@@ -1,5 +1,6 @@
-"""The agent's fetch stage: while tasks are short it takes two at a time, one prepared and
-one in reserve; behind a long task the reserve is given back at once for other agents."""
+"""The agent's fetch stage: while tasks are short it holds a window of them ahead of the
+worker, started with their pull; behind a long task that window is given back for other
+agents and shrinks to one task, acquired but not started."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ LONG = 3.0  # seconds; the reserve is held 0.2 s at most behind it
 
 
 def test_behind_a_long_task_only_the_prepared_one_stays_held(tmp_path: Path) -> None:
-    """One agent, so the pulls are deterministic: T0 and T1 one at a time (no task has run
-    yet), then two at a time as each odd task starts, [T2, T3], [T4, T5]: T5, long, starts
-    with T4 done and pulls [T6, T7], T6 prepared and T7 in reserve."""
+    """One agent: the window grows as the first tasks prove short; once T5 (long) has run
+    past the hold, what was taken after it is back in the queue but one task, DISPATCHED
+    (prepared, not started), and the rest of the session is SUBMITTED."""
     with (
         local_cluster(tmp_path, agents=1) as cluster,
         grpc.insecure_channel(cluster.endpoint) as channel,

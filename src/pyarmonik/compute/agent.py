@@ -6,16 +6,21 @@ agents run another's tasks). One worker runs them all: only partitions with the 
 share agents.
 
 Three stages run concurrently, so that the worker never waits for the database:
-  fetch   pull a message, acquire its task, prefetch its inputs into a private folder
+  fetch   pull messages, acquire their tasks, prefetch their inputs into private folders
   run     call Worker.Process (deadline = max_duration), serving the Agent API meanwhile
-  post    commit the outcome in one transaction, ack the message, clean the folder
-While task n runs, task n+1 is acquired and prefetched and task n-1 is post-processed
-(while tasks are short, n+1 and n+2 are acquired together).
+  post    commit the outcomes in one transaction, ack the messages, clean the folders
+While task n runs, the tasks after it are acquired and prefetched and those before it are
+post-processed. While tasks are short, the fetch stage holds a window of them ahead (as many
+as the worker runs in WINDOW_SECONDS): one transaction pulls, acquires and starts them all
+(PROCESSING from then on, as in the batched path), one query finds their inputs, and their
+successes commit together. Behind a task running longer than RESERVE_HOLD the window is
+given back to the queue and shrinks to one task, acquired but not started (DISPATCHED).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import socket
@@ -30,12 +35,13 @@ from aiohttp import web
 from armonik.protogen.common import objects_pb2, worker_common_pb2
 from armonik.protogen.worker.agent_service_pb2_grpc import add_AgentServicer_to_server
 
-from pyarmonik.compute.agent_api import AgentApi, TaskContext, write_blob
+from pyarmonik.compute.agent_api import AgentApi, TaskContext
 from pyarmonik.compute.folders import TaskFolders
+from pyarmonik.compute.inputs import write_inputs
 from pyarmonik.compute.worker_process import Endpoint, WorkerProcess
 from pyarmonik.control.convert import options_to_message
 from pyarmonik.domain.errors import ArmoniKError, NotFound, Unavailable
-from pyarmonik.domain.records import Result, Session, Task
+from pyarmonik.domain.records import Session, Task
 from pyarmonik.domain.statuses import SessionStatus, TaskStatus
 from pyarmonik.faults import crash_point
 from pyarmonik.observability import tracing
@@ -71,10 +77,13 @@ IDLE_POLL = 0.1
 # A failed pull is retried after IDLE_WAIT.
 IDLE_WAIT = 1.0
 QUIET_WAIT = 10.0
-# While tasks run shorter than this, the fetch stage takes two at a time from a table queue
-# (one pull-and-acquire transaction for both; other queues gain nothing from it) and keeps
-# the second in reserve; a reserve that waits longer than RESERVE_HOLD (the running task is
-# long after all) is given back for an idle agent.
+# Work held ahead of the worker while tasks are short: as many tasks as it runs in
+# WINDOW_SECONDS (at least one, at most MAX_AHEAD with an official worker). What waits longer
+# than RESERVE_HOLD behind the running task (a long one after all) is given back for idle
+# agents. Tasks shorter than SHORT_TASK make an agent wait a little for the next success, to
+# commit them together.
+WINDOW_SECONDS = 0.02
+MAX_AHEAD = 16
 SHORT_TASK = 0.05
 RESERVE_HOLD = 0.2
 COMMIT_MAX = 512  # successes committed in one transaction
@@ -158,7 +167,8 @@ class Agent:
         self.held: dict[str, Held] = {}
         self.folders = TaskFolders(self.work_dir / "tasks")
         self.prepared: asyncio.Queue[Held | None] = asyncio.Queue(maxsize=1)
-        self.reserve: list[Held] = []  # acquired and prefetched, next in line for `prepared`
+        # Acquired and prefetched, next in line for `prepared`, in the order they run.
+        self.reserve: collections.deque[Held] = collections.deque()
         self.ended: asyncio.Queue[Ended | None] = asyncio.Queue()
         self.api = AgentApi(backends)
         self.worker = WorkerProcess(
@@ -176,7 +186,9 @@ class Agent:
         self._running: Running | None = None
         self._executing = False  # the run stage has a task in hand
         self._queue_was_empty = True
-        self._last_run_seconds = float("inf")  # of the last task the worker ran
+        self._prepared_started = False  # the prepared task was started with its pull
+        # Seconds of a task in the worker, smoothed; the window starts at one task.
+        self._mean_run_seconds = SHORT_TASK
         self.served = settings.served
         self._stage_seconds = {  # metrics are labelled by the task's partition
             partition: [
@@ -307,39 +319,59 @@ class Agent:
     # -- fetch stage -------------------------------------------------------------------------
 
     async def _fetch_loop(self) -> None:
-        """Keep a task prepared ahead of the one running (and one in reserve while tasks are
-        short)."""
+        """Keep the window ahead of the running task filled: the next task prepared, the
+        others in reserve; refilled once half of it has gone to the worker."""
         idle = 0.01
         try:
             while not self._stopping.is_set():
-                if not await self._slot_freed():
+                if self.prepared.empty() and self.reserve:
+                    self._prepare(self.reserve.popleft())
                     continue
-                if self.reserve:
-                    self.prepared.put_nowait(self.reserve.pop())
+                window = self._window()
+                room = window - len(self.reserve) - (0 if self.prepared.empty() else 1)
+                if room <= 0 or (self.reserve and room < window // 2):
+                    await self._slot_freed()
                     continue
-                messages, taken, idle = await self._pull_or_wait(self._batch_size(), idle)
-                if not messages:
-                    continue
-                for message in messages:
-                    try:
-                        held = await self._acquire(message, taken.get(message.task_id))
-                    except Exception:  # a backend down: the message comes back, we go on
-                        BACKEND_ERRORS.labels("acquire").inc()
-                        log.exception("handling the message of task %s failed", message.task_id)
-                        await self._release_quietly(message)
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._stopping.wait(), 0.5)
-                        continue
-                    if held is not None:
-                        held.prepared_at = now()
-                        if self.prepared.empty():
-                            self.prepared.put_nowait(held)
-                        else:
-                            self.reserve.append(held)
+                # Short tasks start with their pull: they reach the worker within
+                # WINDOW_SECONDS, and a transaction per task is saved.
+                messages, taken, idle = await self._pull_or_wait(room, idle, start=window > 1)
+                if messages:
+                    await self._take_in(messages, taken)
         finally:
             await self._give_back_reserve()
             await self._give_back_prepared()
             self.prepared.put_nowait(None)
+
+    def _window(self) -> int:
+        """How many tasks to hold ahead of the worker."""
+        return window_size(self._mean_run_seconds, MAX_AHEAD)
+
+    def _prepare(self, held: Held) -> None:
+        self._prepared_started = held.task.status == TaskStatus.PROCESSING
+        self.prepared.put_nowait(held)
+
+    async def _take_in(self, messages: list[QueueMessage], taken: dict[str, Acquisition]) -> None:
+        """Hold the tasks of pulled messages (acquired already when in `taken`), prefetch
+        their inputs, and line them up for the worker."""
+        held: list[Held] = []
+        for message in messages:
+            try:
+                one = await self._hold(message, taken.get(message.task_id), self.folders.take())
+            except Exception:  # a backend down: the message comes back, we go on
+                BACKEND_ERRORS.labels("acquire").inc()
+                log.exception("handling the message of task %s failed", message.task_id)
+                await self._release_quietly(message)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 0.5)
+                continue
+            if one is not None:
+                held.append(one)
+        for one in await self._prefetch(held):
+            one.prepared_at = now()
+            if self.prepared.empty():
+                self._prepare(one)
+            else:
+                self.reserve.append(one)
 
     async def _pull_or_wait(
         self, count: int, idle: float, start: bool = False
@@ -382,28 +414,26 @@ class Agent:
             changed.cancel()
             stopping.cancel()
 
-    def _batch_size(self) -> int:
-        short = self._last_run_seconds < SHORT_TASK
-        return 2 if short and self.backends.queue_in_database is not None else 1
-
-    async def _slot_freed(self) -> bool:
+    async def _slot_freed(self) -> None:
         """Wait until the prepared slot is empty. Tasks held ahead for too long (the running
-        one is long) are given back, so that an idle agent can take them: the reserve after
-        RESERVE_HOLD, the prepared one after `prepared_timeout`."""
+        one is long) are given back, so that an idle agent can take them: those started with
+        their pull after RESERVE_HOLD (the window then shrinks to one task, not started), one
+        only acquired after `prepared_timeout`."""
         if self.prepared.empty():
-            return True
+            return
         self._slot_free.clear()
         if self.prepared.empty():  # taken meanwhile
-            return True
-        hold = RESERVE_HOLD if self.reserve else self.settings.prepared_timeout
+            return
+        started_ahead = bool(self.reserve) or self._prepared_started
+        hold = RESERVE_HOLD if started_ahead else self.settings.prepared_timeout
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._slot_free.wait(), hold)
-            return True
-        if self.reserve:
-            await self._give_back_reserve()
-        else:
+            return
+        if started_ahead:
+            self._mean_run_seconds = max(self._mean_run_seconds, hold)
+        await self._give_back_reserve()
+        if self._prepared_started or not started_ahead:
             await self._give_back_prepared()
-        return False
 
     async def _pull(
         self, count: int, start: bool = False
@@ -459,24 +489,6 @@ class Agent:
                 return messages
         return await queue.pull(self.settings.partition_id, count, lease)
 
-    async def _acquire(self, message: QueueMessage, taken: Acquisition | None) -> Held | None:
-        """Hold the task of a message (acquired already when `taken`), inputs prefetched."""
-        held = await self._hold(message, taken, self.folders.take())
-        if held is None:
-            return None
-        try:
-            await self._prefetch(held)
-        except NotFound as error:
-            await self._post_process(Ended(held, "error", f"Missing input data: {error}"))
-            return None
-        except Exception as error:
-            log.exception("prefetching task %s failed", held.task.task_id)
-            await self._post_process(
-                Ended(held, "crash", f"Agent failed to fetch inputs: {error!r}")
-            )
-            return None
-        return held
-
     async def _hold(
         self, message: QueueMessage, taken: Acquisition | None, folder: Path | None
     ) -> Held | None:
@@ -520,22 +532,39 @@ class Agent:
         assert acquisition.task is not None and acquisition.session is not None
         return acquisition.task, acquisition.session
 
-    async def _prefetch(self, held: Held) -> None:
-        assert held.folder is not None
-        needed = list(dict.fromkeys(held.task.dependencies))
-        async with self.backends.database.read() as repository:
-            found = {r.result_id: r for r in await repository.find(Result, {"result_id": needed})}
-        missing = [i for i in needed if i not in found or not found[i].opaque_id]
-        if missing:
-            raise NotFound(", ".join(missing))
-        await asyncio.gather(
-            *(write_blob(self.backends, found[i].opaque_id, held.folder / i) for i in needed)
-        )
-        held.fetched_at = now()
+    async def _prefetch(self, held: list[Held]) -> list[Held]:
+        """Write the inputs of these tasks into their folders; returns those ready to run
+        (the others end: an input missing is the task's error, a failure to fetch a crash)."""
+        if not held:
+            return []
+        try:
+            missing = await write_inputs(
+                self.backends,
+                {h.task.task_id: h.folder for h in held if h.folder is not None},
+                [h.task for h in held],
+            )
+        except Exception as error:
+            log.exception("prefetching %d tasks failed", len(held))
+            for one in held:
+                detail = f"Agent failed to fetch inputs: {error!r}"
+                await self._post_process(Ended(one, "crash", detail))
+            return []
+        fetched_at = now()
+        ready: list[Held] = []
+        for one in held:
+            absent = missing.get(one.task.task_id)
+            if absent:
+                detail = f"Missing input data: {', '.join(absent)}"
+                await self._post_process(Ended(one, "error", detail))
+                continue
+            one.fetched_at = fetched_at
+            ready.append(one)
+        return ready
 
     async def _give_back_reserve(self) -> None:
-        while self.reserve:
-            await self._give_back(self.reserve.pop())
+        reserve = list(self.reserve)
+        self.reserve.clear()
+        await self._give_back(*reserve)
 
     async def _give_back_prepared(self) -> None:
         while not self.prepared.empty():
@@ -579,11 +608,12 @@ class Agent:
         bind(session_id=held.task.session_id, task_id=held.task.task_id)
         if self.worker.exited:
             await self._recover_worker("worker exited")
-        started = await self.processing.start(held.task, held.fetched_at)
-        if started is None:
-            return Ended(held, "skipped")
-        held.task = started
-        task = started
+        if held.task.status != TaskStatus.PROCESSING:  # not started with its pull
+            started = await self.processing.start(held.task, held.fetched_at)
+            if started is None:
+                return Ended(held, "skipped")
+            held.task = started
+        task = held.task
         assert held.folder is not None
         self.api.context = TaskContext(held.token, task, held.session, held.folder)
         request = worker_common_pb2.ProcessRequest(
@@ -604,13 +634,14 @@ class Agent:
             timeout=task.options.max_duration,
             metadata=tracing.worker_metadata(task) or None,
         )
+        began = time.monotonic()
         try:
             kind, detail = await self._await_unless_cancelled(call, task.task_id)
         finally:
             outcome = self.api.context.outcome
             self.api.context = None
         processed_at = now()
-        self._last_run_seconds = processed_at - (task.started_at or processed_at)
+        self._mean_run_seconds = 0.8 * self._mean_run_seconds + 0.2 * (time.monotonic() - began)
         if kind in ("timeout", "cancelled", "crash"):
             await self._recover_worker(f"task {task.task_id}: {kind}")
         return Ended(held, kind, detail, outcome, processed_at)
@@ -727,7 +758,7 @@ class Agent:
 
     def _short_run_in_worker(self) -> bool:
         """The run stage has a task in hand and tasks have been short: its end is near."""
-        return self._executing and self._last_run_seconds < SHORT_TASK
+        return self._executing and self._mean_run_seconds < SHORT_TASK
 
     async def _commit_successes(self, batch: list[Ended]) -> None:
         """Commit successes in one transaction, acked with it when the queue is a table;
@@ -933,6 +964,11 @@ class Agent:
                 await self.backends.queue.extend(messages, self.settings.lease)
             except Exception:
                 log.exception("renewing queue leases failed")
+
+
+def window_size(mean_seconds: float, largest: int) -> int:
+    """How many tasks a worker runs in WINDOW_SECONDS, from 1 to `largest`."""
+    return max(1, min(largest, int(WINDOW_SECONDS / max(mean_seconds, 1e-4))))
 
 
 async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:

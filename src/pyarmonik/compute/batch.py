@@ -25,9 +25,10 @@ from typing import Any
 
 from armonik.protogen.common import agent_common_pb2
 
-from pyarmonik.compute.agent import Agent, Ended, Held
+from pyarmonik.compute.agent import WINDOW_SECONDS, Agent, Ended, Held, window_size
 from pyarmonik.compute.agent_api import check_known, store_output
 from pyarmonik.compute.frames import Frame, FrameError
+from pyarmonik.compute.inputs import read_inputs
 from pyarmonik.compute.worker_process import BatchChannel
 from pyarmonik.control.convert import task_creations
 from pyarmonik.domain.errors import ArmoniKError, InvalidArgument, NotFound
@@ -38,11 +39,9 @@ from pyarmonik.scheduling.backends import now
 from pyarmonik.scheduling.processing import StoredResult, TaskOutcome
 from pyarmonik.scheduling.tasks import plan_tasks
 from pyarmonik.storage.objects import read_all
-from pyarmonik.storage.objects.inline import InlineObjects
 
 log = logging.getLogger(__name__)
 
-WINDOW_SECONDS = 0.02  # of work sent ahead to the worker
 MAX_WINDOW = 64
 START_WINDOW = 8
 HOLD = 0.2  # a task running longer than this has the tasks queued behind it taken back
@@ -81,7 +80,6 @@ class BatchRunner:
         self.agent = agent
         self.backends = agent.backends
         self.objects = agent.backends.objects
-        self.inline = self.objects if isinstance(self.objects, InlineObjects) else None
         self.life: WorkerLife | None = None
         # Seconds of a task in the worker, smoothed; a new agent starts with a window of
         # START_WINDOW (take-backs protect the tasks behind a long first one).
@@ -93,7 +91,7 @@ class BatchRunner:
     @property
     def size(self) -> int:
         """How many tasks to keep in the worker's hands."""
-        return max(1, min(MAX_WINDOW, int(WINDOW_SECONDS / max(self.mean_seconds, 1e-4))))
+        return window_size(self.mean_seconds, MAX_WINDOW)
 
     async def run(self) -> None:
         """The batched stages, until the agent stops: then the window drains (the running
@@ -192,7 +190,7 @@ class BatchRunner:
         for one in held:
             one.task = started[one.task.task_id]
             one.fetched_at = one.task.fetched_at or fetched_at
-        data, missing = await self._read_inputs([h.task for h in held])
+        data, missing = await read_inputs(self.backends, [h.task for h in held])
         frames: list[Frame] = []
         ready: list[Held] = []
         for one in held:
@@ -230,36 +228,6 @@ class BatchRunner:
         # If the worker died, its receiver hands these tasks back.
         with contextlib.suppress(OSError, RuntimeError):
             await life.channel.send({"t": "tasks", "tasks": frames})
-
-    async def _read_inputs(self, tasks: list[Task]) -> tuple[dict[str, bytes], set[str]]:
-        """The data of every payload and input of these tasks, read together; and the ids
-        of those without data."""
-        needed = list(dict.fromkeys(i for t in tasks for i in (t.payload_id, *t.data_dependencies)))
-        async with self.backends.database.read() as repository:
-            found = {r.result_id: r for r in await repository.find(Result, {"result_id": needed})}
-        missing = {i for i in needed if i not in found or not found[i].opaque_id}
-        opaque = {i: found[i].opaque_id for i in needed if i not in missing}
-        blobs: dict[bytes, bytes]
-        if self.inline is not None:
-            try:
-                blobs = await self.inline.read_many(list(set(opaque.values())))
-            except NotFound:
-                blobs = await self._read_each(list(set(opaque.values())))
-        else:
-            blobs = await self._read_each(list(set(opaque.values())))
-        data = {i: blobs[o] for i, o in opaque.items() if o in blobs}
-        missing |= {i for i in opaque if i not in data}
-        return data, missing
-
-    async def _read_each(self, opaque_ids: list[bytes]) -> dict[bytes, bytes]:
-        async def one(opaque_id: bytes) -> tuple[bytes, bytes | None]:
-            try:
-                return opaque_id, await read_all(self.objects, opaque_id)
-            except NotFound:
-                return opaque_id, None
-
-        pairs = await asyncio.gather(*(one(i) for i in opaque_ids))
-        return {i: d for i, d in pairs if d is not None}
 
     # -- receive -----------------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ async def _chain(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterato
         yield chunk
 
 
-def _write_new(path: Path, data: bytes) -> None:
+def write_new(path: Path, data: bytes) -> None:
     """Write `data` into a new file at `path`. A file already there is replaced, never written
     through: it may be a hard link to a blob of the file storage (files.py `get_file`)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
@@ -186,9 +186,9 @@ class InlineObjects:
             return await self.outer.get_file(opaque_id, path)
         data = await self._read(opaque_id)
         if len(data) <= INLINE_SIZE:
-            _write_new(path, data)
+            write_new(path, data)
         else:
-            await asyncio.to_thread(_write_new, path, data)
+            await asyncio.to_thread(write_new, path, data)
 
     async def read_many(self, opaque_ids: list[bytes]) -> dict[bytes, bytes]:
         """The data of these blobs, by id: the database's in one query, the others read
