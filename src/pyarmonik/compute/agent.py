@@ -88,8 +88,8 @@ SHORT_TASK = 0.05
 RESERVE_HOLD = 0.2
 COMMIT_MAX = 512  # successes committed in one transaction
 # A short success waits this long for the next one to commit with it (official workers).
-GROUP_WAIT = 0.01
-GROUP_MAX = 8
+GROUP_WAIT = 0.02
+GROUP_MAX = 32
 
 
 @dataclass

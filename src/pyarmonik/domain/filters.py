@@ -186,6 +186,12 @@ class SqlDialect(Protocol):
         """Condition with one `?`: the JSON array of strings in `column` holds the value."""
         ...
 
+    def off_index(self, column: str) -> str:
+        """`column` as an operand its indexes must not serve: beside the key, rows are found
+        by key (SQLite plans without statistics and would walk an index of `status` past
+        every SUBMITTED task to find the few asked for)."""
+        ...
+
     def text_match(self, expr: str, op: Op, value: str) -> tuple[str, str]:
         """Case-sensitive CONTAINS / STARTS_WITH / ENDS_WITH of `value` in `expr`.
 
@@ -211,6 +217,10 @@ class SqliteDialect:
     _GLOB_ESCAPES = str.maketrans({"*": "[*]", "?": "[?]", "[": "[[]"})
     clock = "((julianday('now') - 2440587.5) * 86400.0)"
 
+    @staticmethod
+    def off_index(column: str) -> str:
+        return f"+{column}"  # SQLite's documented way to keep a term off the indexes
+
     def json_text(self, column: str, key: str) -> str:
         # Not json_extract(col, '$."key"'): SQLite 3.40 neither unescapes \" in a path nor
         # decodes \uXXXX in stored keys, so some keys could not be found. json_each decodes.
@@ -234,6 +244,10 @@ class PostgresDialect:
 
     _LIKE_ESCAPES = str.maketrans({"\\": "\\\\", "%": "\\%", "_": "\\_"})
     clock = "(extract(epoch FROM clock_timestamp())::double precision)"
+
+    @staticmethod
+    def off_index(column: str) -> str:
+        return column  # its planner keeps statistics: the key wins by itself
 
     def json_text(self, column: str, key: str) -> str:
         if _UNADDRESSABLE in key:

@@ -125,11 +125,16 @@ def _is_many(value: Any) -> bool:
     return isinstance(value, Collection) and not isinstance(value, str | bytes)
 
 
-def where_sql(where: Where) -> tuple[str, list[Any]]:
-    """SQL for a conjunction of `column = value` / `column IN (values)`."""
+def where_sql(
+    where: Where, key: str | None = None, dialect: SqlDialect | None = None
+) -> tuple[str, list[Any]]:
+    """SQL for a conjunction of `column = value` / `column IN (values)`. When `where` names
+    the record's `key`, the other columns are kept off their indexes (`dialect.off_index`)."""
     clauses: list[str] = []
     params: list[Any] = []
-    for column, value in where.items():
+    by_key = key is not None and dialect is not None and key in where
+    for name, value in where.items():
+        column = dialect.off_index(name) if by_key and dialect and name != key else name
         # Text holding NUL is never stored (see _encode): such a value matches nothing.
         if _is_many(value):
             values = [v for v in value if not _has_nul(v)]
@@ -141,7 +146,7 @@ def where_sql(where: Where) -> tuple[str, list[Any]]:
             if _has_nul(value):
                 return "1=0", []
             clauses.append(f"{column} = ?")
-            params.append(_encode(column, value))
+            params.append(_encode(name, value))
     return (" AND ".join(clauses) or "1=1"), params
 
 
@@ -196,7 +201,7 @@ class Repository:
         """Records of `kind` matching `where` (chunked on the first IN-list)."""
         rows: list[Row] = []
         for part in self._split(where):
-            sql, params = where_sql(part)
+            sql, params = where_sql(part, kind.KEY, self.dialect)
             suffix = self.lock_suffix if lock else ""
             rows += await self.connection.fetch(
                 f"SELECT * FROM {kind.TABLE} WHERE {sql}{suffix}", params
@@ -226,7 +231,7 @@ class Repository:
         assignments, set_params = _set_clause(values)
         rows: list[Row] = []
         for part in self._split(where):
-            sql, params = where_sql(part)
+            sql, params = where_sql(part, kind.KEY, self.dialect)
             rows += await self.connection.fetch(
                 f"UPDATE {kind.TABLE} SET {assignments} WHERE {sql} RETURNING {','.join(columns)}",
                 set_params + params,
@@ -238,10 +243,13 @@ class Repository:
         session (a polling agent acquiring them); return them as they are after it."""
         assignments, set_params = _set_clause(values)
         taken: list[Task] = []
+        status, owner, session = (
+            self.dialect.off_index(c) for c in ("status", "owner_pod_id", "session_id")
+        )
         for part in chunks(list(task_ids)):
             rows = await self.connection.fetch(
                 f"UPDATE tasks SET {assignments} WHERE task_id IN ({','.join('?' * len(part))}) "
-                "AND status = ? AND owner_pod_id = '' AND session_id IN "
+                f"AND {status} = ? AND {owner} = '' AND {session} IN "
                 "(SELECT session_id FROM sessions WHERE status = ?) RETURNING *",
                 [*set_params, *part, int(TaskStatus.SUBMITTED), int(SessionStatus.RUNNING)],
             )
@@ -266,7 +274,7 @@ class Repository:
     async def delete(self, kind: type[Record], where: Where) -> int:
         count = 0
         for part in self._split(where):
-            sql, params = where_sql(part)
+            sql, params = where_sql(part, kind.KEY, self.dialect)
             count += await self.connection.execute(f"DELETE FROM {kind.TABLE} WHERE {sql}", params)
         return count
 
