@@ -199,6 +199,7 @@ class Agent:
         }
         self._run_started = asyncio.Event()  # a worker call is under way (cancellation polls)
         self._slot_free = asyncio.Event()
+        self._holding = asyncio.Event()  # set when a task is held (the heartbeat's cue)
         self._http: web.AppRunner | None = None
         self._api_server: grpc.aio.Server | None = None
         self._client: aiohttp.ClientSession | None = None
@@ -502,6 +503,7 @@ class Agent:
         task, session = held
         held_task = Held(message, task, session, uuid.uuid4().hex, folder)
         self.held[task.task_id] = held_task
+        self._holding.set()
         return held_task
 
     async def _acquire_only(
@@ -945,10 +947,14 @@ class Agent:
 
     async def _beat(self) -> None:
         """While we hold tasks, beat (scheduling/liveness.py): silent, we would be found dead
-        and our tasks handed to others."""
+        and our tasks handed to others. An agent holding nothing sleeps until it holds some
+        (its acquisition's transaction beats)."""
         assert self.processing is not None
         heartbeat = self.processing.heartbeat
         while True:
+            if not self.held:
+                self._holding.clear()
+                await self._holding.wait()
             await asyncio.sleep(HEARTBEAT)
             if self.held and heartbeat.due():
                 try:
