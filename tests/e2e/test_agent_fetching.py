@@ -43,3 +43,29 @@ def test_behind_a_long_task_only_the_prepared_one_stays_held(tmp_path: Path) -> 
         ArmoniKEvents(channel).wait_for_result_availability(output_ids, session_id)
         for i, output_id in enumerate(output_ids):
             assert results.download_result_data(output_id, session_id) == str(i).encode()
+
+
+def test_short_tasks_are_taken_and_started_a_window_at_a_time(tmp_path: Path) -> None:
+    """One agent, 200 short tasks of the official worker: once the first have shown they are
+    short, tasks are acquired and started several in one transaction (they share their
+    acquisition and start stamps), and each still runs once, in its own Process call."""
+    with (
+        local_cluster(tmp_path, agents=1) as cluster,
+        grpc.insecure_channel(cluster.endpoint) as channel,
+    ):
+        session_id = ArmoniKSessions(channel).create_session(OPTIONS)
+        results, tasks = ArmoniKResults(channel), ArmoniKTasks(channel)
+        orders: list[dict[str, object]] = [{"kind": "value", "value": i} for i in range(200)]
+        task_ids, output_ids = submit_orders(channel, session_id, orders)
+        ArmoniKEvents(channel).wait_for_result_availability(output_ids, session_id)
+        details = [tasks.get_task(task_id) for task_id in task_ids]
+        assert all(t.status == TaskStatus.COMPLETED for t in details)
+        assert all(not t.retry_of_ids for t in details), "no task ran twice"
+        together: dict[object, int] = {}
+        for task in details:
+            together[(task.acquired_at, task.started_at)] = (
+                together.get((task.acquired_at, task.started_at), 0) + 1
+            )
+        assert max(together.values()) >= 2, "every task was started on its own"
+        for i, output_id in enumerate(output_ids):
+            assert results.download_result_data(output_id, session_id) == str(i).encode()
