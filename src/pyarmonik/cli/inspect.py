@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +29,8 @@ from armonik.common import Direction, TaskStatus
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from pyarmonik.scheduling.timeline import TIMES, Times, session_stats
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNREACHABLE, EXIT_REFUSED = 1, 2, 3, 4, 5
 EXIT_TIMEOUT = 124
@@ -420,41 +421,28 @@ def watch(
         raise _fail(f"{failed} of {total} tasks failed or were cancelled", EXIT_FAILED)
 
 
-def percentile(ordered: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0-100) of sorted values, interpolating linearly between the
-    closest ranks (numpy's default, `statistics.quantiles(method="inclusive")`)."""
-    if not ordered:
-        return None
-    position = (len(ordered) - 1) * q / 100
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def task_stats(tasks: Sequence[Any]) -> dict[str, Any]:
-    """Throughput and latencies of the COMPLETED tasks among `tasks` (armonik Task objects):
-    throughput = completed / (last ended_at - first created_at); latency = ended_at -
-    created_at; processing = ended_at - started_at; percentiles p50, p90, p99."""
-    by_status: dict[str, int] = {}
-    for task in tasks:
-        by_status[task.status.name] = by_status.get(task.status.name, 0) + 1
-    done = [t for t in tasks if t.status == TaskStatus.COMPLETED and t.ended_at and t.created_at]
-    stats: dict[str, Any] = {"tasks": len(tasks), "by_status": by_status, "completed": len(done)}
-    if not done:
-        return stats
-    first = min(t.created_at for t in done)
-    last = max(t.ended_at for t in done)
-    elapsed = (last - first).total_seconds()
-    latencies = sorted((t.ended_at - t.created_at).total_seconds() for t in done)
-    processing = sorted((t.ended_at - t.started_at).total_seconds() for t in done if t.started_at)
-    stats.update(
-        first_created_at=first.isoformat(),
-        last_ended_at=last.isoformat(),
-        elapsed_seconds=elapsed,
-        throughput=len(done) / elapsed if elapsed > 0 else None,
-        latency={f"p{q}": percentile(latencies, q) for q in (50, 90, 99)},
-        processing={f"p{q}": percentile(processing, q) for q in (50, 90, 99)},
+    """`session_stats` (scheduling/timeline.py) of armonik Task objects: their times as
+    seconds after the first creation (timedeltas, exact to the microsecond), its first and
+    last times back as dates."""
+    created = [t.created_at for t in tasks if t.created_at]
+    origin = min(created) if created else None
+
+    def seconds(value: datetime | None) -> float | None:
+        return (value - origin).total_seconds() if value and origin else None
+
+    stats = session_stats(
+        [
+            Times(
+                t.status.name,
+                *(seconds(getattr(t, name, None)) for name in TIMES),
+            )
+            for t in tasks
+        ]
     )
+    if origin is not None and "first_created_at" in stats:
+        for key in ("first_created_at", "last_ended_at"):
+            stats[key] = (origin + timedelta(seconds=stats[key])).isoformat()
     return stats
 
 

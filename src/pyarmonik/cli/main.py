@@ -436,6 +436,22 @@ def bench_ceiling(
         typer.echo(f"{key:>22}: {value}")
 
 
+@bench_app.command("gui")
+def bench_gui(
+    tasks: Annotated[
+        int, typer.Option(help="Tasks of the session written into a fresh SQLite database.")
+    ] = 100_000,
+) -> None:
+    """GUI: the size and time of each picture's data request on one big session (written
+    straight into the database: nothing runs)."""
+    from pyarmonik.bench.gui import gui
+
+    if tasks < 1:
+        raise typer.BadParameter("needs at least one task", param_hint="--tasks")
+    for line in gui(tasks):
+        typer.echo(line)
+
+
 @bench_app.command("scale")
 def bench_scale(
     agents: Annotated[

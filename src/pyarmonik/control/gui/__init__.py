@@ -46,9 +46,21 @@ STATIC = Path(__file__).parent / "static"
 FILES = {
     "index.html": "text/html",
     "app.js": "text/javascript",
+    "pictures.js": "text/javascript",
     "style.css": "text/css",
 }
-PAGES = ("/", "/sessions", "/tasks", "/tasks/{task_id}", "/results", "/partitions", "/agents")
+PAGES = (
+    "/",
+    "/sessions",
+    "/tasks",
+    "/tasks/{task_id}",
+    "/results",
+    "/partitions",
+    "/agents",
+    "/stream",
+    "/graph",
+    "/time",
+)
 # Each action needs the permission of the rpc doing the same.
 SESSION_ACTIONS = {
     "pause": "Sessions:PauseSession",
@@ -70,6 +82,11 @@ PERMISSIONS: dict[str, str | None] = {
     "/api/results/{result_id}/data": "Results:DownloadResultData",
     "/api/partitions": "Partitions:ListPartitions",
     "/api/agents": "Partitions:ListPartitions",
+    # The pictures (pictures.py): tasks listed, or counted for the dashboard's flow.
+    "/api/pictures/stream": "Tasks:ListTasks",
+    "/api/pictures/graph": "Tasks:ListTasks",
+    "/api/pictures/breakdown": "Tasks:ListTasks",
+    "/api/pictures/flow": "Tasks:CountTasksByStatus",
 }
 TASK_SORTS = frozenset(
     {
@@ -213,6 +230,8 @@ class AdminGui:
         self.files = {name: (STATIC / name).read_bytes() for name in FILES}
 
     def install(self, app: web.Application) -> None:
+        from pyarmonik.control.gui.pictures import PictureApi  # it builds on this module
+
         router = app.router
         for page in PAGES:
             router.add_get(page, self.page)
@@ -230,6 +249,8 @@ class AdminGui:
             ("/api/agents", self.list_agents),
         ):
             router.add_get(route, self._guard(PERMISSIONS[route], handler))
+        for route, picture in PictureApi(self).routes().items():
+            router.add_get(route, self._guard(PERMISSIONS[route], picture))
         route = "/api/sessions/{session_id}/{action}"
         router.add_post(route, self._guard(PERMISSIONS[route], self.session_action))
         app.middlewares.append(self._errors)

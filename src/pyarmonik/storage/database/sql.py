@@ -760,3 +760,143 @@ class Repository:
     async def delete_blobs_owned_by(self, owner: str) -> int:
         """Delete the blobs stored with this owner; how many."""
         return await self.connection.execute("DELETE FROM objects WHERE owner = ?", [owner])
+
+    # -- pictures of the admin GUI (scheduling/timeline.py) ---------------------------------
+    # Each reads few columns or counts in the database: a picture of a 100,000-task session
+    # never decodes 100,000 records.
+
+    async def task_span(
+        self, task_filter: Filter
+    ) -> tuple[float | None, float | None, float | None]:
+        """The first creation, the first acquisition and the last end (or acquisition) of
+        the matching tasks."""
+        sql, params = _filter_sql(task_filter, self.dialect)
+        rows = await self.connection.fetch(
+            "SELECT MIN(created_at) AS first, MIN(acquired_at) AS acquired, "
+            f"MAX(ended_at) AS ended, MAX(acquired_at) AS last FROM tasks WHERE {sql}",
+            params,
+        )
+        row = rows[0]
+        last = max((t for t in (row["ended"], row["last"]) if t is not None), default=None)
+        return row["first"], row["acquired"], last
+
+    async def task_attempts(
+        self, task_filter: Filter, since: float, until: float, limit: int
+    ) -> list[Row]:
+        """Up to `limit` matching tasks an agent held during [since, until], by acquisition:
+        their agent, partition, status and stage times."""
+        sql, params = _filter_sql(task_filter, self.dialect)
+        return await self.connection.fetch(
+            "SELECT task_id, status, owner_pod_id, opt_partition_id, acquired_at, fetched_at, "
+            f"started_at, processed_at, ended_at FROM tasks WHERE {sql} AND owner_pod_id <> '' "
+            "AND acquired_at IS NOT NULL AND acquired_at <= ? "
+            "AND (ended_at IS NULL OR ended_at >= ?) ORDER BY acquired_at, task_id LIMIT ?",
+            [*params, until, since, limit],
+        )
+
+    async def count_tasks_by_bucket(
+        self,
+        task_filter: Filter,
+        event: str,
+        since: float,
+        until: float,
+        interval: float,
+        keys: Sequence[str],
+    ) -> list[Row]:
+        """Matching tasks whose `event` (a key of BUCKET_EVENTS) falls in [since, until),
+        counted per `interval`-long bucket (`k`, from 0 at `since`) and per `keys` columns."""
+        if event not in BUCKET_EVENTS or not set(keys) <= BUCKET_KEYS:
+            raise InvalidArgument(f"cannot count tasks by {event} and {', '.join(keys)}")
+        at = BUCKET_EVENTS[event]
+        sql, params = _filter_sql(task_filter, self.dialect)
+        columns = "".join(f"{key}, " for key in keys)
+        return await self.connection.fetch(
+            f"SELECT {columns}FLOOR(({at} - ?) / ?) AS k, COUNT(*) AS n FROM tasks "
+            f"WHERE {sql} AND {at} >= ? AND {at} < ? GROUP BY {columns}k",
+            [since, interval, *params, since, until],
+        )
+
+    async def count_queued_at(self, task_filter: Filter, at: float) -> dict[str, int]:
+        """Per partition, matching tasks submitted before `at` and not yet acquired (nor
+        ended without an agent) at `at`."""
+        sql, params = _filter_sql(task_filter, self.dialect)
+        left = BUCKET_EVENTS["dequeued"]
+        rows = await self.connection.fetch(
+            f"SELECT opt_partition_id AS p, COUNT(*) AS n FROM tasks WHERE {sql} "
+            f"AND submitted_at < ? AND ({left} IS NULL OR {left} >= ?) GROUP BY opt_partition_id",
+            [*params, at, at],
+        )
+        return {row["p"] or "": int(row["n"]) for row in rows}
+
+    async def agent_busy(self, task_filter: Filter, since: float, until: float) -> list[Row]:
+        """Per agent (`owner`, `p` its partition): seconds of [since, until] during which it
+        held matching tasks (`busy`, summed over them) and how many (`n`)."""
+        sql, params = _filter_sql(task_filter, self.dialect)
+        # min(end, until) - max(acquired, since) in CASEs: SQLite's min/max are PostgreSQL's
+        # LEAST/GREATEST; a task still held counts until `until`.
+        end = "COALESCE(ended_at, ?)"
+        rows = await self.connection.fetch(
+            f"SELECT owner_pod_id AS owner, MAX(opt_partition_id) AS p, COUNT(*) AS n, "
+            f"SUM((CASE WHEN {end} > ? THEN ? ELSE {end} END) - "
+            "(CASE WHEN acquired_at < ? THEN ? ELSE acquired_at END)) AS busy "
+            f"FROM tasks WHERE {sql} AND owner_pod_id <> '' AND acquired_at IS NOT NULL "
+            f"AND acquired_at <= ? AND {end} >= ? GROUP BY owner_pod_id",
+            [until, until, until, until, since, since, *params, until, until, since],
+        )
+        return rows
+
+    async def count_generations(self, task_filter: Filter) -> list[tuple[int, int, int]]:
+        """(generation, status, count) of the matching tasks: a task submitted by a client is
+        generation 0, its subtasks 1, theirs 2... (the commas of `parent_task_ids`: ids hold
+        none; the same text function in both dialects)."""
+        sql, params = _filter_sql(task_filter, self.dialect)
+        text = "CAST(parent_task_ids AS TEXT)"
+        rows = await self.connection.fetch(
+            f"SELECT LENGTH({text}) - LENGTH(REPLACE({text}, ',', '')) AS g, status, "
+            f"COUNT(*) AS n FROM tasks WHERE {sql} GROUP BY g, status",
+            params,
+        )
+        return [(int(row["g"]), int(row["status"]), int(row["n"])) for row in rows]
+
+    async def graph_tasks(self, task_filter: Filter, limit: int) -> list[Row]:
+        """Up to `limit` matching tasks, first created first, with what links them."""
+        sql, params = _filter_sql(task_filter, self.dialect)
+        rows = await self.connection.fetch(
+            "SELECT task_id, status, created_by, initial_task_id, parent_task_ids, "
+            "data_dependencies, expected_output_ids, owner_pod_id, opt_partition_id, "
+            f"created_at FROM tasks WHERE {sql} ORDER BY created_at, task_id LIMIT ?",
+            [*params, limit],
+        )
+        return [_decode(row) for row in rows]
+
+    async def result_owners(self, result_ids: Sequence[str]) -> dict[str, str]:
+        """The task that must produce each of these results now (`owner_task_id`)."""
+        found: dict[str, str] = {}
+        for part in chunks(list(dict.fromkeys(result_ids))):
+            rows = await self.connection.fetch(
+                "SELECT result_id, owner_task_id FROM results WHERE result_id IN "
+                f"({','.join('?' * len(part))})",
+                list(part),
+            )
+            found.update((row["result_id"], row["owner_task_id"]) for row in rows)
+        return found
+
+    async def task_times(self, task_filter: Filter) -> list[Row]:
+        """Status and stage times of the matching tasks (no other column)."""
+        sql, params = _filter_sql(task_filter, self.dialect)
+        return await self.connection.fetch(
+            "SELECT status, created_at, submitted_at, acquired_at, fetched_at, started_at, "
+            f"processed_at, ended_at FROM tasks WHERE {sql}",
+            params,
+        )
+
+
+# The time of each event tasks are counted by (count_tasks_by_bucket), and what they are
+# grouped by besides. A task leaves its queue when an agent acquires it, or ends without one.
+BUCKET_EVENTS = {
+    "submitted": "submitted_at",
+    "acquired": "acquired_at",
+    "ended": "ended_at",
+    "dequeued": "COALESCE(acquired_at, ended_at)",
+}
+BUCKET_KEYS = frozenset({"status", "owner_pod_id", "opt_partition_id"})

@@ -25,6 +25,7 @@ const ACTION_PERMISSIONS = {
 const PAGE_PERMISSIONS = {
   "/": "Tasks:CountTasksByStatus", "/sessions": "Sessions:ListSessions", "/tasks": "Tasks:ListTasks",
   "/results": "Results:ListResults", "/partitions": "Partitions:ListPartitions", "/agents": "Partitions:ListPartitions",
+  "/stream": "Tasks:ListTasks", "/graph": "Tasks:ListTasks", "/time": "Tasks:ListTasks",
 };
 const DOWNLOAD = "Results:DownloadResultData";
 const TOKEN_KEY = "pyarmonik-token";
@@ -239,7 +240,7 @@ function filters(fields) {
 const dashboard = {
   title: "Dashboard",
   load: async () => {
-    const d = await api("/api/dashboard");
+    const [d, flow] = await Promise.all([api("/api/dashboard"), api("/api/pictures/flow")]);
     const total = sum(d.totals);
     return h("div", {},
       h("div", { class: "cards" }, h("div", { class: "card" }, h("b", {}, total.toLocaleString()), "tasks"),
@@ -256,7 +257,8 @@ const dashboard = {
       table([h("th", {}, "Partition"), h("th", {}, "Queued"), h("th", {}, "Tasks"), h("th", { class: "wide" }, "By status")],
         d.partitions.map((p) => h("tr", {},
           h("td", {}, h("a", { href: "/tasks?partition=" + encodeURIComponent(p.partition_id) }, p.partition_id)),
-          h("td", { class: "num" }, sum(p.counts, QUEUED)), h("td", { class: "num" }, sum(p.counts)), h("td", {}, bar(p.counts))))));
+          h("td", { class: "num" }, sum(p.counts, QUEUED)), h("td", { class: "num" }, sum(p.counts)), h("td", {}, bar(p.counts))))),
+      h("h2", {}, "Throughput and queue depth per partition, last 10 minutes"), flowPicture(flow));
   },
 };
 
@@ -382,6 +384,7 @@ const task = {
       d.children.total > d.children.items.length && h("a", { href: "/tasks?created_by=" + encodeURIComponent(t.task_id) }, "all of them"),
       table([h("th", {}, "Task"), h("th", {}, "Status"), h("th", {}, "Created")], d.children.items.map((c) =>
         h("tr", {}, h("td", {}, taskLink(c.task_id)), h("td", {}, badge(c.status)), h("td", {}, time(c.created_at)))), { id: "children" }),
+      h("h2", {}, "Neighbourhood"), neighbourhood(d),
       h("h2", {}, "Results"), resultsTable(d.results, true));
   },
 };
@@ -441,7 +444,7 @@ const agents = {
 function route(pathname) {
   const match = pathname.match(/^\/tasks\/(.+)$/);
   if (match) return [task, decodeURIComponent(match[1])];
-  const views = { "/": dashboard, "/sessions": sessions, "/tasks": tasks, "/results": results, "/partitions": partitions, "/agents": agents };
+  const views = { "/": dashboard, "/sessions": sessions, "/tasks": tasks, "/results": results, "/partitions": partitions, "/agents": agents, ...PICTURES };
   return [views[pathname] || dashboard, null];
 }
 
