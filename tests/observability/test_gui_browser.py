@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "gui"
 OPTIONS = TaskOptions(max_duration=timedelta(seconds=120), priority=1, max_retries=1)
 
 try:
-    from playwright.sync_api import Page, expect, sync_playwright
+    from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 except ImportError:  # pragma: no cover - playwright is a dev dependency
     sync_playwright = None
 
@@ -63,36 +64,53 @@ def wait_for(check: Any, timeout: float = 90.0) -> Any:
     raise TimeoutError("condition not met")
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalProcess, int]]:
+@contextmanager
+def gui_cluster(folder: Path, *args: str, agents: int = 2) -> Iterator[tuple[LocalProcess, int]]:
+    """`pyarmonik local` (with these options) and its HTTP port, for the browser."""
     _require_browser()
     http_port = free_port()
-    with local_cluster(
-        Path(tmp_path_factory.mktemp("gui")), "--http-port", str(http_port), agents=2
-    ) as running:
+    with local_cluster(folder, "--http-port", str(http_port), *args, agents=agents) as running:
         yield running, http_port
 
 
-@pytest.fixture(scope="module")
-def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+@contextmanager
+def chromium_page(
+    profile: Path, shots: Path, prepare: Callable[[BrowserContext], None] | None = None
+) -> Iterator[Page]:
+    """A page of Chromium on a fresh profile (`prepare` sets up its context first); screenshots
+    go to `shots`. On leaving, no script error may have happened in the page."""
     _require_browser()
     assert sync_playwright is not None
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    shots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),  # a fresh --user-data-dir
+            str(profile),  # a fresh --user-data-dir
             executable_path=str(CHROMIUM),
             args=ARGS,
             headless=True,
             viewport={"width": 1400, "height": 900},
         )
+        if prepare is not None:
+            prepare(browser)
         opened = browser.new_page()
-        opened.on("dialog", lambda dialog: dialog.accept())  # confirm() of destructive actions
         errors: list[str] = []
         opened.on("pageerror", lambda error: errors.append(str(error)))
         yield opened
         browser.close()
         assert not errors, errors
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalProcess, int]]:
+    with gui_cluster(tmp_path_factory.mktemp("gui")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+    with chromium_page(tmp_path_factory.mktemp("chromium-profile"), SHOTS) as opened:
+        opened.on("dialog", lambda dialog: dialog.accept())  # confirm() of destructive actions
+        yield opened
 
 
 def test_gui_in_chromium(cluster: tuple[LocalProcess, int], page: Page) -> None:

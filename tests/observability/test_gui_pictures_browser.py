@@ -7,6 +7,7 @@ Screenshots go to test-artifacts/gui-pictures/."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.request
 from collections.abc import Iterator
@@ -19,14 +20,12 @@ import pytest
 from armonik.client import ArmoniKSessions, ArmoniKTasks
 from armonik.common import Task, TaskOptions, TaskStatus
 
-from tests.helpers import LocalProcess, free_port, local_cluster
+from tests.helpers import LocalProcess
 from tests.observability.test_cli_inspect import cli, ok, submit
-from tests.observability.test_gui_browser import ARGS, CHROMIUM, _require_browser, wait_for
+from tests.observability.test_gui_browser import chromium_page, gui_cluster, wait_for
 
-try:
-    from playwright.sync_api import Page, expect, sync_playwright
-except ImportError:  # pragma: no cover - playwright is a dev dependency
-    sync_playwright = None  # type: ignore[assignment]
+with contextlib.suppress(ImportError):  # a dev dependency: chromium_page tells
+    from playwright.sync_api import Page, expect
 
 SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "gui-pictures"
 OPTIONS = TaskOptions(max_duration=timedelta(seconds=120), priority=1, max_retries=1)
@@ -47,12 +46,8 @@ TASKS, COMPLETED, ERRORS, RETRIED = 11, 8, 2, 1
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalProcess, int]]:
-    _require_browser()
-    http_port = free_port()
-    with local_cluster(
-        Path(tmp_path_factory.mktemp("gui-pictures")), "--http-port", str(http_port), agents=2
-    ) as running:
-        yield running, http_port
+    with gui_cluster(tmp_path_factory.mktemp("gui-pictures")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -77,23 +72,8 @@ def session(cluster: tuple[LocalProcess, int]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
-    _require_browser()
-    assert sync_playwright is not None
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),
-            executable_path=str(CHROMIUM),
-            args=ARGS,
-            headless=True,
-            viewport={"width": 1400, "height": 900},
-        )
-        opened = browser.new_page()
-        errors: list[str] = []
-        opened.on("pageerror", lambda error: errors.append(str(error)))
+    with chromium_page(tmp_path_factory.mktemp("chromium-profile"), SHOTS) as opened:
         yield opened
-        browser.close()
-        assert not errors, errors
 
 
 def fill(page: Page, selector: str) -> str:

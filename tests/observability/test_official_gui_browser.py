@@ -19,19 +19,17 @@ import pytest
 from armonik.client import ArmoniKResults, ArmoniKSessions, ArmoniKTasks
 from armonik.common import Result, Task, TaskStatus
 
-from tests.helpers import LocalProcess, free_port, local_cluster
+from tests.helpers import LocalProcess
 from tests.observability.test_cli_inspect import submit
 from tests.observability.test_gui_browser import (
-    ARGS,
-    CHROMIUM,
     OPTIONS,
-    _require_browser,
-    sync_playwright,
+    chromium_page,
+    gui_cluster,
     wait_for,
 )
 
-with contextlib.suppress(ImportError):  # a dev dependency: _require_browser tells
-    from playwright.sync_api import Page, Route, expect
+with contextlib.suppress(ImportError):  # a dev dependency: chromium_page tells
+    from playwright.sync_api import BrowserContext, Page, Route, expect
 
 GUI_DIR = os.environ.get("PYARMONIK_OFFICIAL_GUI_DIR", "")
 pytestmark = pytest.mark.skipif(
@@ -66,40 +64,20 @@ def _fonts(route: Route) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalProcess, int]]:
-    _require_browser()
-    http_port = free_port()
-    with local_cluster(
-        Path(tmp_path_factory.mktemp("official-gui")),
-        "--http-port",
-        str(http_port),
-        "--official-gui",
-        GUI_DIR,
-        agents=1,
-    ) as running:
-        yield running, http_port
+    folder = tmp_path_factory.mktemp("official-gui")
+    with gui_cluster(folder, "--official-gui", GUI_DIR, agents=1) as running:
+        yield running
+
+
+def _offline(browser: BrowserContext) -> None:
+    browser.route("https://fonts.googleapis.com/**", _fonts)
+    browser.add_init_script(f"localStorage.setItem('results-columns', '{RESULT_COLUMNS}')")
 
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
-    _require_browser()
-    assert sync_playwright is not None
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),
-            executable_path=str(CHROMIUM),
-            args=ARGS,
-            headless=True,
-            viewport={"width": 1400, "height": 900},
-        )
-        browser.route("https://fonts.googleapis.com/**", _fonts)
-        browser.add_init_script(f"localStorage.setItem('results-columns', '{RESULT_COLUMNS}')")
-        opened = browser.new_page()
-        errors: list[str] = []
-        opened.on("pageerror", lambda error: errors.append(str(error)))
+    with chromium_page(tmp_path_factory.mktemp("chromium-profile"), SHOTS, _offline) as opened:
         yield opened
-        browser.close()
-        assert not errors, errors
 
 
 def shot(page: Page, name: str) -> None:
