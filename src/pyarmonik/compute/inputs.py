@@ -13,8 +13,7 @@ from pathlib import Path
 from pyarmonik.domain.records import Result, Task
 from pyarmonik.scheduling.backends import Backends
 from pyarmonik.storage.objects import ObjectNotFound, read_all
-from pyarmonik.storage.objects.files import INLINE_SIZE
-from pyarmonik.storage.objects.inline import InlineObjects, write_new
+from pyarmonik.storage.objects.inline import InlineObjects, write_file
 
 
 async def locate(backends: Backends, tasks: list[Task]) -> tuple[dict[str, bytes], set[str]]:
@@ -63,10 +62,8 @@ async def write_inputs(
                 raise ObjectNotFound(result_id)
             if data is None:
                 await objects.get_file(opaque_id, path)
-            elif len(data) <= INLINE_SIZE:  # a page-cache write: cheaper than a thread trip
-                write_new(path, data)
             else:
-                await asyncio.to_thread(write_new, path, data)
+                await write_file(path, data)
         except ObjectNotFound:  # deleted meanwhile
             absent.setdefault(task.task_id, []).append(result_id)
 

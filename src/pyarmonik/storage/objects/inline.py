@@ -64,6 +64,15 @@ def write_new(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
+async def write_file(path: Path, data: bytes) -> None:
+    """`write_new`, on the loop for a small blob (a page-cache write costs less than a
+    thread trip), in a thread for a larger one."""
+    if len(data) <= INLINE_SIZE:
+        write_new(path, data)
+    else:
+        await asyncio.to_thread(write_new, path, data)
+
+
 class InlineObjects:
     """The ObjectStorage port over a database (blobs of at most `threshold` bytes) and an
     `outer` storage (larger ones). A threshold of 0 stores nothing new in the database.
@@ -184,11 +193,7 @@ class InlineObjects:
     async def get_file(self, opaque_id: bytes, path: Path) -> None:
         if not opaque_id.startswith(PREFIX):
             return await self.outer.get_file(opaque_id, path)
-        data = await self._read(opaque_id)
-        if len(data) <= INLINE_SIZE:
-            write_new(path, data)
-        else:
-            await asyncio.to_thread(write_new, path, data)
+        await write_file(path, await self._read(opaque_id))
 
     async def read_many(self, opaque_ids: list[bytes]) -> dict[bytes, bytes]:
         """The data of these blobs, by id: the database's in one query, the others read
