@@ -906,6 +906,10 @@ async def test_postgres_listener_reconnects() -> None:
 async def check_listener_reconnects(store: Backend) -> None:
     database, other = await store.open(), await store.open()
     assert isinstance(database, PostgresDatabase)
+    # Only a process that waits for changes listens (a broker's agents never do).
+    await insert(other, make_task("t0"))
+    assert database.listening is None
+    await asyncio.wait_for(database.wait_for_changes(10), 5)  # woken when listening starts
     assert database.listening is not None
     pid = database.listening.get_server_pid()
     async with other.read() as repository:

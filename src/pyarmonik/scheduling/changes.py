@@ -66,10 +66,11 @@ class Subscription:
         self._inbox.put_nowait(changes)
 
     async def batches(self) -> AsyncIterator[list[Change]]:
-        """Batches of changes after the subscription's start, forever."""
+        """Batches of changes after the subscription's start, forever, each change once."""
         while True:
             batch = [c for c in await self._inbox.get() if c.seq > self.after]
             if batch:
+                self.after = batch[-1].seq
                 yield batch
 
     def close(self) -> None:
@@ -85,12 +86,12 @@ class ChangeFeed:
         self.database = database
         self.poll_interval = poll_interval
         self._subscribers: set[Subscription] = set()
-        self._cursor = 0
+        # While nobody subscribes the log is not read at all (most of a busy cluster's
+        # commits would cost a query each): the first subscriber's position restarts it.
+        self._cursor: int | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        async with self.database.read() as repository:
-            self._cursor = await repository.last_change()
         self._task = asyncio.create_task(self._tail(), name="change-feed")
 
     async def stop(self) -> None:
@@ -109,6 +110,9 @@ class ChangeFeed:
         except BaseException:  # e.g. the database is down: no subscriber left behind
             subscription.close()
             raise
+        # Reading from the earliest position anyone needs: subscribers skip what they had.
+        if self._cursor is None or subscription.after < self._cursor:
+            self._cursor = subscription.after
         return subscription
 
     async def _tail(self) -> None:
@@ -123,14 +127,12 @@ class ChangeFeed:
                 await asyncio.sleep(1.0)
 
     async def _read_new(self) -> None:
+        if not self._subscribers:
+            self._cursor = None
+            return
+        if self._cursor is None:  # the subscribers are still reading their positions
+            return
         async with self.database.read() as repository:
-            if not self._subscribers:
-                last = await repository.last_change()
-                # Skip what nobody listens to, unless someone subscribed during the read: its
-                # position may be below `last` (another connection), so keep the cursor.
-                if not self._subscribers:
-                    self._cursor = last
-                return
             while True:
                 rows = await repository.changes_after(self._cursor)
                 if not rows:

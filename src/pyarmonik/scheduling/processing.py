@@ -36,6 +36,7 @@ from pyarmonik.storage.database import Repository
 ENDED_SESSIONS = frozenset(
     {SessionStatus.CANCELLED, SessionStatus.CLOSED, SessionStatus.PURGED, SessionStatus.DELETED}
 )
+SESSIONS_KEPT = 1024  # sessions an agent remembers (TaskProcessing.take); then it starts over
 
 
 class Verdict(Enum):
@@ -50,7 +51,7 @@ class Verdict(Enum):
 class Acquisition:
     verdict: Verdict
     task: Task | None = None
-    session: Session | None = None
+    session: Session | None = None  # for its options: its status may be an earlier one
     reason: str = ""
 
 
@@ -95,6 +96,9 @@ class TaskProcessing:
         self.owner_id = owner_id
         self.hostname = hostname
         self.heartbeat = Heartbeat(backends.database, owner_id, hostname)
+        # Sessions met by `take`, as first read: what an agent uses of them (options,
+        # partitions) never changes, and `take_tasks` checks the status itself.
+        self._sessions: dict[str, Session] = {}
 
     # -- acquisition -------------------------------------------------------------------------
 
@@ -162,10 +166,12 @@ class TaskProcessing:
         if not taken:
             return []
         await self.heartbeat.within(repository)  # no task is held under an old beat
-        session_ids = list({task.session_id for task in taken})
-        sessions = {
-            s.session_id: s for s in await repository.find(Session, {"session_id": session_ids})
-        }
+        sessions = self._sessions
+        if unknown := list({t.session_id for t in taken if t.session_id not in sessions}):
+            if len(sessions) + len(unknown) > SESSIONS_KEPT:
+                sessions.clear()
+            for session in await repository.find(Session, {"session_id": unknown}):
+                sessions[session.session_id] = session
         return [Acquisition(Verdict.ACQUIRED, task, sessions[task.session_id]) for task in taken]
 
     def _dispatched(self, received_at: float) -> dict[str, object]:

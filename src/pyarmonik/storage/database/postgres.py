@@ -424,7 +424,6 @@ class PostgresDatabase:
             )
             async with self._pool.acquire() as connection:
                 await self._migrate(connection)
-            listening = await self._listen()
         except _UNREACHABLE as error:
             await self.close()
             raise Unavailable(
@@ -433,7 +432,6 @@ class PostgresDatabase:
         except BaseException:
             await self.close()
             raise
-        self._listener = asyncio.create_task(self._keep_listening(listening))
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -590,7 +588,11 @@ class PostgresDatabase:
 
     async def wait_for_changes(self, timeout: float) -> None:
         # NOTIFY wakes us after any process's commit that grew the log (ours included), and
-        # only then: queue operations and other writes leave the tailers asleep.
+        # only then: queue operations and other writes leave the tailers asleep. Only a
+        # process that waits listens: agents fed by a broker never do, and would otherwise
+        # be handed a notification for every commit of the cluster.
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._keep_listening(), name="pg-listen")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
         self._changed.clear()
@@ -611,10 +613,19 @@ class PostgresDatabase:
         self.listening = connection
         return connection
 
-    async def _keep_listening(self, connection: asyncpg.Connection) -> None:
-        """Hold the LISTEN connection; when it drops, reconnect with backoff."""
+    async def _keep_listening(self) -> None:
+        """Hold the LISTEN connection; when it drops, reconnect with backoff. Waiters wake at
+        each (re)connection and loss: notifications may have been missed meanwhile."""
         delay = 0.5
         while True:
+            try:
+                connection = await self._listen()
+            except _UNREACHABLE:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            delay = 0.5
+            self._changed.set()
             lost = asyncio.Event()
             connection.add_termination_listener(lambda _connection, lost=lost: lost.set())
             if connection.is_closed():  # lost before we could hear of it
@@ -625,14 +636,5 @@ class PostgresDatabase:
                 self.listening = None
                 with contextlib.suppress(Exception):
                     await connection.close(timeout=1)
-            # Notifications may have been missed while deaf: let the tailers look.
             self._changed.set()
-            while True:
-                await asyncio.sleep(delay)
-                try:
-                    connection = await self._listen()
-                    break
-                except _UNREACHABLE:
-                    delay = min(delay * 2, 10.0)
-            delay = 0.5
-            self._changed.set()
+            await asyncio.sleep(delay)
