@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -599,6 +600,25 @@ async def test_take_tasks_only_takes_submitted_unowned_tasks_of_running_sessions
     ]
     async with database.write() as repository:  # taken: not free any more
         assert await repository.take_tasks(ids, values) == []
+
+
+async def test_take_tasks_retryable_leaves_last_attempts(database: Database) -> None:
+    running = make_session("run")
+    running.status = SessionStatus.RUNNING
+    await insert(database, running)
+    one_retry = replace(OPTIONS, max_retries=1)
+    await insert(
+        database,
+        make_task("first", "run", options=one_retry),
+        make_task("last", "run", options=one_retry, retry_of_ids=["first-attempt"]),
+    )
+    values = {"status": TaskStatus.PROCESSING, "owner_pod_id": "me:1"}
+    async with database.write() as repository:
+        taken = await repository.take_tasks(["first", "last"], values, retryable=True)
+    assert [t.task_id for t in taken] == ["first"]
+    async with database.read() as repository:
+        last = await repository.get(Task, "last")
+    assert last is not None and (last.status, last.owner_pod_id) == (TaskStatus.SUBMITTED, "")
 
 
 async def test_set_owners_first_claimant_wins(database: Database) -> None:

@@ -46,9 +46,9 @@ async def _backends(database: Database, tmp_path: Path) -> Backends:
     return backends
 
 
-async def _submit(backends: Backends, count: int) -> list[str]:
+async def _submit(backends: Backends, count: int, max_retries: int = 2) -> list[str]:
     session = await SessionService(backends).create(
-        TaskOptions(max_duration=60, max_retries=2, priority=1), []
+        TaskOptions(max_duration=60, max_retries=max_retries, priority=1), []
     )
     results = ResultService(backends, 1024)
     (payload,) = await results.create_with_data(session.session_id, [("in", b"x", False)])
@@ -139,6 +139,41 @@ async def test_a_silent_agents_tasks_are_handed_back_and_recovered(
     (attempt,) = [t for t in attempts if t.task_id != running_id]
     assert attempt.status == TaskStatus.SUBMITTED
     assert [m.task_id for m in await queue.pull("default", 5, LONG)] == [attempt.task_id]
+
+
+async def test_last_attempts_are_not_started_ahead(database: Database, tmp_path: Path) -> None:
+    """A window of tasks taken and started with their pull: a task's last allowed attempt
+    stays DISPATCHED, so that a death of its agent before it runs costs it nothing (it is
+    taken over), where a started one would end in error without having run."""
+    backends = await _backends(database, tmp_path)
+    first, last = await _submit(backends, 2, max_retries=1)
+    async with database.write() as repository:  # as if `last` were a retry already
+        await repository.connection.execute(
+            "UPDATE tasks SET retry_of_ids = ? WHERE task_id = ?", ['["earlier"]', last]
+        )
+    queue = backends.queue
+    assert isinstance(queue, TableQueue)
+    dead = TaskProcessing(backends, DEAD, "host-a")
+    async with database.write() as repository:
+        messages = await queue.pull_within(repository, "default", 2, LONG)
+        taken = await dead.take(repository, [m.task_id for m in messages], now(), start=True)
+    statuses = {a.task.task_id: a.task.status for a in taken if a.task}
+    assert statuses == {first: TaskStatus.PROCESSING, last: TaskStatus.DISPATCHED}
+
+    await _age_beats(database, DEAD)
+    assert await hand_back_lost(backends) == {DEAD: 2}
+    live = TaskProcessing(backends, LIVE, "host-b")
+    again = await queue.pull("default", 2, LONG)
+    verdicts = {
+        m.task_id: (await live.acquire(m.task_id, _alive, now(), tried_take=True)).verdict
+        for m in again
+    }
+    # The started one is retried (its retry runs it), the last attempt is taken over.
+    assert verdicts == {first: Verdict.DROP, last: Verdict.ACQUIRED}
+    async with database.read() as repository:
+        taken_over = await repository.get(Task, last)
+    assert taken_over is not None
+    assert (taken_over.status, taken_over.owner_pod_id) == (TaskStatus.DISPATCHED, LIVE)
 
 
 async def test_connecting_waits_for_a_lock_another_connection_holds(tmp_path: Path) -> None:

@@ -186,6 +186,10 @@ class SqlDialect(Protocol):
         """Condition with one `?`: the JSON array of strings in `column` holds the value."""
         ...
 
+    def array_length(self, column: str) -> str:
+        """Expression: the length of the JSON array in `column`."""
+        ...
+
     def off_index(self, column: str) -> str:
         """`column` as an operand its indexes must not serve: beside the key, rows are found
         by key (SQLite plans without statistics and would walk an index of `status` past
@@ -232,6 +236,9 @@ class SqliteDialect:
     def array_contains(self, column: str) -> str:
         return f"EXISTS (SELECT 1 FROM json_each({column}) WHERE value = ?)"
 
+    def array_length(self, column: str) -> str:
+        return f"json_array_length({column})"
+
     def text_match(self, expr: str, op: Op, value: str) -> tuple[str, str]:
         return f"({expr} GLOB ?)", _pattern(op, value.translate(self._GLOB_ESCAPES), "*")
 
@@ -262,6 +269,9 @@ class PostgresDialect:
 
     def array_contains(self, column: str) -> str:
         return f"({column} @> jsonb_build_array(?::text))"
+
+    def array_length(self, column: str) -> str:
+        return f"jsonb_array_length({column})"
 
     def text_match(self, expr: str, op: Op, value: str) -> tuple[str, str]:
         # PostgreSQL's LIKE is case-sensitive; `\` is its escape character once stated.

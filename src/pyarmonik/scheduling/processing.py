@@ -158,11 +158,20 @@ class TaskProcessing:
     ) -> list[Acquisition]:
         """Acquire, inside the caller's transaction, those of the tasks in the common case
         (SUBMITTED, unowned, session RUNNING); the others need `acquire`'s full analysis.
-        `start`: PROCESSING at once (the batched path hands them to its worker now)."""
+        `start`: PROCESSING at once (the batched path hands them to its worker now), unless
+        it is the task's last allowed attempt: a death of this agent before it runs would
+        end the task in error, so it stays DISPATCHED until it reaches the worker."""
         values = self._dispatched(received_at)
+        taken: list[Task] = []
+        rest = list(task_ids)
         if start:
-            values.update(self._started(now()))
-        taken = await repository.take_tasks(task_ids, values)
+            taken = await repository.take_tasks(
+                rest, {**values, **self._started(now())}, retryable=True
+            )
+            started = {task.task_id for task in taken}
+            rest = [i for i in rest if i not in started]
+        if rest:  # with `start`, rare: last attempts, or tasks not in the common case
+            taken += await repository.take_tasks(rest, values)
         if not taken:
             return []
         await self.heartbeat.within(repository)  # no task is held under an old beat

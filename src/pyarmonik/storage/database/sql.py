@@ -238,18 +238,23 @@ class Repository:
             )
         return rows
 
-    async def take_tasks(self, task_ids: Sequence[str], values: dict[str, Any]) -> list[Task]:
+    async def take_tasks(
+        self, task_ids: Sequence[str], values: dict[str, Any], retryable: bool = False
+    ) -> list[Task]:
         """Set `values` on those of the tasks that are SUBMITTED, unowned and in a RUNNING
-        session (a polling agent acquiring them); return them as they are after it."""
+        session (a polling agent acquiring them), and, when `retryable`, not their last
+        allowed attempt; return them as they are after it."""
         assignments, set_params = _set_clause(values)
         taken: list[Task] = []
         status, owner, session = (
             self.dialect.off_index(c) for c in ("status", "owner_pod_id", "session_id")
         )
+        attempts = self.dialect.array_length("retry_of_ids")
+        retries = f" AND {attempts} < opt_max_retries" if retryable else ""
         for part in chunks(list(task_ids)):
             rows = await self.connection.fetch(
                 f"UPDATE tasks SET {assignments} WHERE task_id IN ({','.join('?' * len(part))}) "
-                f"AND {status} = ? AND {owner} = '' AND {session} IN "
+                f"AND {status} = ? AND {owner} = ''{retries} AND {session} IN "
                 "(SELECT session_id FROM sessions WHERE status = ?) RETURNING *",
                 [*set_params, *part, int(TaskStatus.SUBMITTED), int(SessionStatus.RUNNING)],
             )
