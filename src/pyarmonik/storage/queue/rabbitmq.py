@@ -5,11 +5,30 @@
   0..max_priority-1, so ordering is as fine as `max_priority` levels (FIFO within a level).
 - Pulling uses one long-lived consumer per partition (on its own channel) whose deliveries
   land in a local buffer sorted by priority; `pull` takes from it, waiting at most
-  `pull_wait`. The consumer's prefetch window is `prefetch` (default 1): at most that many
-  messages wait unseen in our buffer, invisible to the other agents. Handed-out deliveries
-  keep counting against the window until acked, so when the tasks we hold fill it, `pull`
-  starts a fresh consumer (prefetch applies per consumer) and cancels the old one, whose
-  held deliveries remain ours and ackable.
+  `pull_wait`. Deliveries handed out stay unacked until their task is done and keep counting
+  against the consumer's prefetch window, so the window has to cover what we hold plus what
+  a pull asks for. RabbitMQ applies a (per-consumer) prefetch only to consumers made after
+  basic.qos, so changing a window means a new consumer: basic.qos + basic.consume, and
+  basic.cancel of the old one, whose deliveries stay ours and ackable (they belong to the
+  channel) but no longer count against any window. A resize on every pull that finds the
+  window full of held tasks costs three round trips per task, in the agent and the broker
+  (bench indep, PostgreSQL + RabbitMQ: about 10 ms of agent CPU per task against 6-7, and
+  2 ms of RabbitMQ's against 0.9). So:
+  - a pull starts a consumer only when the current one cannot bring what it asks for; the
+    new window is what we hold plus what is asked, and a quarter more, so that the swings
+    of an agent's holdings (its window of tasks ahead, its commits in groups) need none;
+  - a window wider than needed would let the broker fill our buffer with work we do not
+    run soon while other agents idle. Shrinking it at pulls followed those swings (a
+    resize every few pulls); what matters is whether deliveries wait: when one has
+    lingered in the buffer `LINGER` seconds with more than `prefetch` (default 1) there,
+    the consumer is cancelled and all but the `prefetch` first are given back (nack,
+    requeued). Likewise before more than `prefetch` deliveries are released at once (an
+    agent handing back its tasks ahead of a long one), or the room they leave would be
+    filled again with the same messages. The next pull that finds the buffer short starts
+    a consumer sized anew. Right after a resize the old consumer's held deliveries make
+    the new window that much too wide until acked: one or two for an agent of long tasks.
+  Channel-wide prefetch (basic.qos global=true) can change on a live consumer, but RabbitMQ
+  deprecated it (`global_qos`) and denies it by default from 4.3: not used.
 - There are no leases: a delivery stays ours until ack/nack, and RabbitMQ redelivers it when
   our connection dies. `extend` is therefore a no-op. RabbitMQ's `consumer_timeout` (30 min
   by default) would close the channel under a long task: the queues are declared with
@@ -71,19 +90,29 @@ BAND_BASE = 8
 WAITING_TTL = 0.5
 DELAY_QUEUE_IDLE_MS = 60_000
 WEEK_MS = 7 * 24 * 3600 * 1000
+MAX_PREFETCH = 65_535  # basic.qos prefetch_count is a short
+# Seconds a delivery may wait in a buffer holding more than `prefetch` before the buffer is
+# given back (see the module docstring): long enough for an agent pulling short tasks.
+LINGER = 0.5
 
 
 @dataclass
 class _Consumer:
-    """The consuming side of one partition: its channel, current consumer, and the deliveries
-    not handed out yet (a heap on AMQP priority, then arrival order)."""
+    """The consuming side of one partition: its channel, its current consumer (none while
+    `tag` is empty) with that consumer's prefetch window, and the deliveries not handed out
+    yet (a heap on AMQP priority, then arrival order)."""
 
     channel: AbstractChannel
     queue: AbstractQueue
     tag: str = ""
     window: int = 0
+    # Returns the buffer to the broker when it lingers unpulled (RabbitQueue._watch).
+    watcher: asyncio.Task[None] | None = None
+    qos: int = 0  # the prefetch_count last set on the channel
     buffer: list[tuple[int, int, AbstractIncomingMessage]] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    # Resizing awaits RPCs: two at once would leave a consumer running unseen.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class RabbitQueue:
@@ -140,6 +169,9 @@ class RabbitQueue:
         self._held: dict[str, tuple[str, AbstractIncomingMessage]] = {}
         self._serial = itertools.count()
         self._closing = False
+        # Consumers started (each a basic.consume, most after a basic.qos): how often the
+        # windows were resized.
+        self.subscriptions = 0
 
     @property
     def _where(self) -> str:
@@ -176,6 +208,9 @@ class RabbitQueue:
     async def close(self) -> None:
         # Closing the connection hands every unacked delivery back to the broker.
         self._closing = True
+        for consumer in self._consumers.values():
+            if consumer.watcher is not None:
+                consumer.watcher.cancel()
         if self._connection is not None:
             await self._connection.close()
         self._connection = self._publisher = None
@@ -356,29 +391,96 @@ class RabbitQueue:
                 raise Unavailable(f"{self._where}: queue not started")
             channel = await self._connection.channel()
             queue = await channel.declare_queue(self.queue_name(partition_id), passive=True)
-            consumer = _Consumer(channel, queue)
-            await self._subscribe(consumer, self.prefetch)
-            self._consumers[partition_id] = consumer
+            # Not consuming yet: the first pull starts a consumer sized for what it asks.
+            consumer = self._consumers[partition_id] = _Consumer(channel, queue)
             return consumer
 
-    async def _subscribe(self, consumer: _Consumer, window: int) -> None:
-        """Start a consumer with `window` unacked deliveries at most, and cancel the previous one.
+    def _size(self, want: int) -> int:
+        """The window for `want` deliveries in hand (held + asked for): a quarter more, so
+        that the usual ups and downs of what an agent holds need no resize."""
+        return want + max(self.prefetch - 1, want // 4)
 
-        Its deliveries still held (handed out, not yet acked) stay ours and ackable: they
-        belong to the channel. RabbitMQ applies a (per-consumer) prefetch to consumers created
-        after `basic.qos` only, so a wider or fresh window needs a new consumer."""
+    def _occupancy(self, partition_id: str, consumer: _Consumer) -> tuple[int, int]:
+        """Deliveries of the partition we hold: in all, and those of the current consumer."""
+        total = current = 0
+        for partition, message in self._held.values():
+            if partition == partition_id:
+                total += 1
+                current += message.consumer_tag == consumer.tag
+        return total, current
+
+    def _unseen(self, consumer: _Consumer, held_current: int) -> int:
+        """Deliveries we have or may get without asking: the buffer, and the room the current
+        consumer's window leaves (deliveries on their way are part of it)."""
+        buffered_current = sum(
+            1 for entry in consumer.buffer if entry[2].consumer_tag == consumer.tag
+        )
+        room = consumer.window - held_current - buffered_current
+        return len(consumer.buffer) + max(room, 0)
+
+    async def _fit(self, partition_id: str, consumer: _Consumer, count: int) -> None:
+        """Start a consumer with a wider window when the current one (if any) cannot bring
+        `count` deliveries more (see the module docstring)."""
+        held, held_current = self._occupancy(partition_id, consumer)
+        if self._unseen(consumer, held_current) < count:
+            await self._resubscribe(consumer, self._size(held + count))
+
+    async def _resubscribe(self, consumer: _Consumer, window: int) -> None:
+        """Start a consumer with `window` unacked deliveries at most (cancelling the current
+        one). Its predecessors' deliveries stay ours and ackable: they belong to the channel."""
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             entry = (-(message.priority or 0), next(self._serial), message)
             heapq.heappush(consumer.buffer, entry)
             consumer.arrived.set()
+            if consumer.watcher is None and len(consumer.buffer) > self.prefetch:
+                consumer.watcher = asyncio.create_task(self._watch(consumer))
 
-        await consumer.channel.set_qos(prefetch_count=window)
-        previous, consumer.window = consumer.tag, window
+        window = min(window, MAX_PREFETCH)
+        if consumer.tag:
+            await self._cancel(consumer)
+        if consumer.qos != window:
+            await consumer.channel.set_qos(prefetch_count=window)
+            consumer.qos = window
         consumer.tag = await consumer.queue.consume(on_message, no_ack=False)
-        if previous:
-            # Deliveries sent before CancelOk still reach on_message (frames are ordered).
-            await consumer.queue.cancel(previous)
+        consumer.window = window
+        self.subscriptions += 1
+
+    async def _watch(self, consumer: _Consumer) -> None:
+        """Give back the buffer when deliveries linger in it: acks free room in the window
+        that the broker fills at once, and an agent busy with long tasks pulls seldom or
+        not at all. When a delivery has waited LINGER seconds or more while the buffer holds
+        more than `prefetch`, the consumer is cancelled and all but the `prefetch` first
+        go back to the broker, for the other agents; the next pull that finds the buffer
+        short starts a consumer sized for what is held then."""
+        try:
+            seen = -1  # the newest delivery in the buffer at the last look
+            while len(consumer.buffer) > self.prefetch:
+                if any(entry[1] <= seen for entry in consumer.buffer):
+                    async with consumer.lock:
+                        if consumer.tag:
+                            await self._cancel(consumer)
+                        await self._give_back_buffer(consumer, keep=self.prefetch)
+                    return
+                seen = max(entry[1] for entry in consumer.buffer)
+                await asyncio.sleep(LINGER)
+        except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            log.debug("could not give back the buffer of %s: %s", consumer.queue.name, exc)
+        finally:
+            consumer.watcher = None
+
+    async def _cancel(self, consumer: _Consumer) -> None:
+        # Deliveries sent before CancelOk still reach on_message (frames are ordered).
+        tag, consumer.tag, consumer.window = consumer.tag, "", 0
+        await consumer.queue.cancel(tag)
+
+    async def _give_back_buffer(self, consumer: _Consumer, keep: int) -> None:
+        """Requeue the buffered deliveries but the `keep` first in order."""
+        kept = [heapq.heappop(consumer.buffer) for _ in range(min(keep, len(consumer.buffer)))]
+        surplus, consumer.buffer = consumer.buffer, kept  # a sorted list is a heap
+        for _, _, message in surplus:
+            if _alive(message):
+                await _settle(message.nack(requeue=True))
 
     async def pull(
         self, partition_id: str, count: int, lease: float, wait: bool = True
@@ -391,19 +493,16 @@ class RabbitQueue:
         if count <= 0:
             return []
         consumer = await self._consumer(partition_id)
+        async with consumer.lock:
+            await self._fit(partition_id, consumer, count)
         if not consumer.buffer:
+            if not wait:
+                return []
             consumer.arrived.clear()
-            occupied = sum(1 for _, m in self._held.values() if m.consumer_tag == consumer.tag)
-            if occupied >= consumer.window or count > consumer.window:
-                # The tasks we run fill this consumer's window (or the batch exceeds it).
-                await self._subscribe(consumer, max(count, self.prefetch))
-            if not consumer.buffer:
-                if not wait:
-                    return []
-                try:
-                    await asyncio.wait_for(consumer.arrived.wait(), self.pull_wait)
-                except TimeoutError:
-                    return []
+            try:
+                await asyncio.wait_for(consumer.arrived.wait(), self.pull_wait)
+            except TimeoutError:
+                return []
         pulled: list[QueueMessage] = []
         while consumer.buffer and len(pulled) < count:
             message = heapq.heappop(consumer.buffer)[2]
@@ -428,6 +527,7 @@ class RabbitQueue:
 
     async def release(self, messages: list[QueueMessage], delay: float = 0.0) -> None:
         deliveries = self._take(messages)
+        await self._stop_refill(deliveries)
         if delay <= 0:
             for _, message in deliveries:
                 await _settle(message.nack(requeue=True))
@@ -461,6 +561,27 @@ class RabbitQueue:
                 raise
             for message in group:
                 await _settle(message.ack())
+
+    async def _stop_refill(self, deliveries: list[tuple[str, AbstractIncomingMessage]]) -> None:
+        """Before more than `prefetch` deliveries of a consumer are given back (an agent
+        hands back its window of tasks ahead: the one it runs is long): cancel it, so that
+        the room they leave is not filled again by the same messages, and trim its buffer
+        to `prefetch`. The next pull that finds the buffer short starts a consumer sized
+        for what is held then."""
+        for partition_id in {partition for partition, _ in deliveries}:
+            consumer = self._consumers.get(partition_id)
+            if consumer is None or not consumer.tag:
+                continue
+            freed = sum(
+                1
+                for partition, message in deliveries
+                if partition == partition_id and message.consumer_tag == consumer.tag
+            )
+            if freed > self.prefetch:
+                async with consumer.lock:
+                    if consumer.tag:
+                        await self._cancel(consumer)
+                    await self._give_back_buffer(consumer, keep=self.prefetch)
 
     async def extend(self, messages: list[QueueMessage], lease: float) -> None:
         """Nothing to do: RabbitMQ keeps a delivery with its consumer until it is settled."""
