@@ -21,6 +21,7 @@ from armonik.client import ArmoniKSessions, ArmoniKTasks
 from armonik.common import Task, TaskStatus
 
 from pyarmonik.bench.run import OPTIONS, Cluster, _descendants, _timings, submit_independent
+from pyarmonik.compute.grpc_idle import IDLE_CLOSE
 
 TICKS = os.sysconf("SC_CLK_TCK")
 ROLES = ("agents", "workers", "control")
@@ -132,6 +133,8 @@ def measure(
         assert cluster.process is not None
         root = cluster.process.pid
         _settle(root)
+        # Idle agents are those past IDLE_CLOSE without a task: they have closed gRPC.
+        time.sleep(IDLE_CLOSE + 1.0)
         before = _cpu(root)
         time.sleep(idle_seconds)
         idle = _difference(_cpu(root), before)

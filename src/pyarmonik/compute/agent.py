@@ -201,7 +201,6 @@ class Agent:
         self._slot_free = asyncio.Event()
         self._holding = asyncio.Event()  # set when a task is held (the heartbeat's cue)
         self._http: web.AppRunner | None = None
-        self._api_server: grpc.aio.Server | None = None
         self._client: aiohttp.ClientSession | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -216,23 +215,31 @@ class Agent:
         await self.backends.start()
         await self._start_http()
         self.processing = TaskProcessing(self.backends, self.owner_id, socket.gethostname())
+        self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        # The Agent API server is opened by the worker process with its channel (first, so
+        # that the worker is given its bound address) and closed with it while idle, so that
+        # an idle agent keeps no gRPC thread waking (compute/grpc_idle.py).
+        self.worker.agent_api = self._serve_api
+        await self.worker.start()
+        log.info("agent %s serving partitions %s", self.owner_id, ", ".join(self.served))
+
+    async def _serve_api(self) -> grpc.aio.Server:
+        """Start the Agent API server for the worker (again, after an idle pause)."""
         # No SO_REUSEPORT: a second agent given the same TCP port must fail, not share it.
-        self._api_server = grpc.aio.server(
+        server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", -1), ("grpc.so_reuseport", 0)]
         )
-        add_AgentServicer_to_server(self.api, self._api_server)
+        add_AgentServicer_to_server(self.api, server)
         endpoint = self.worker.agent_endpoint
         if endpoint.path is not None:
             endpoint.path.unlink(missing_ok=True)
         try:
-            port = self._api_server.add_insecure_port(endpoint.target)
+            port = server.add_insecure_port(endpoint.target)
         except RuntimeError as error:  # grpc's "failed to bind"
             raise Unavailable(f"cannot serve the Agent API on {endpoint}: {error}") from error
         self.worker.agent_endpoint = endpoint.with_port(port)
-        await self._api_server.start()
-        self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        await self.worker.start()
-        log.info("agent %s serving partitions %s", self.owner_id, ", ".join(self.served))
+        await server.start()
+        return server
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process tasks until `stop` is set, then stop gracefully: the task running is
@@ -271,9 +278,7 @@ class Agent:
         await self.close()
 
     async def close(self) -> None:
-        await self.worker.close()
-        if self._api_server is not None:
-            await self._api_server.stop(0)
+        await self.worker.close()  # the Agent API server too
         if self._client is not None:
             await self._client.close()
         if self._http is not None:
@@ -606,7 +611,7 @@ class Agent:
             await self.ended.put(None)
 
     async def _execute(self, held: Held) -> Ended:
-        assert self.processing is not None and self.worker.stub is not None
+        assert self.processing is not None
         bind(session_id=held.task.session_id, task_id=held.task.task_id)
         if self.worker.exited:
             await self._recover_worker("worker exited")
@@ -631,7 +636,7 @@ class Agent:
                 data_chunk_max_size=self.settings.data_chunk_max_size
             ),
         )
-        call = self.worker.stub.Process(
+        call = await self.worker.process(
             request,
             timeout=task.options.max_duration,
             metadata=tracing.worker_metadata(task) or None,

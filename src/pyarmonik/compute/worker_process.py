@@ -10,8 +10,10 @@ import ipaddress
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
@@ -19,6 +21,7 @@ from armonik.protogen.common import objects_pb2, worker_common_pb2
 from armonik.protogen.worker.worker_service_pb2_grpc import WorkerStub
 
 from pyarmonik.compute.frames import SOCKET_VARIABLE, VERSION, Frame, FrameError, encode, read_frame
+from pyarmonik.compute.grpc_idle import IDLE_CLOSE, IdleCloser
 from pyarmonik.compute.orphans import dying_with_parent
 from pyarmonik.domain.errors import Unavailable
 
@@ -126,7 +129,12 @@ class WorkerProcess:
     A worker it starts is offered the batched protocol at `batch_socket`: the SDK's function
     worker connects there (then `batch` is its channel and Worker.Process is not used);
     any other worker ignores the offer and is reached over gRPC. A worker on TCP is not
-    offered it (the batched protocol is on unix sockets only)."""
+    offered it (the batched protocol is on unix sockets only).
+
+    `agent_api`, when set, starts the Agent API server (bound at `agent_endpoint`): it is
+    opened with the channel to the worker and closed with it after `idle_close` seconds
+    without a call, so that an idle agent holds no gRPC object (compute/grpc_idle.py).
+    `process` is how a task is run: it opens them again if needed."""
 
     def __init__(
         self,
@@ -135,6 +143,7 @@ class WorkerProcess:
         agent: Path | Endpoint,
         start_timeout: float = 60.0,
         batch_socket: Path | None = None,
+        idle_close: float | None = IDLE_CLOSE,
     ):
         self.command = command
         self.worker_endpoint = worker if isinstance(worker, Endpoint) else Endpoint(path=worker)
@@ -149,6 +158,11 @@ class WorkerProcess:
         self.batch: BatchChannel | None = None
         self._batch_server: asyncio.Server | None = None
         self._connected: asyncio.Future[BatchChannel] | None = None
+        self.agent_api: Callable[[], Awaitable[grpc.aio.Server]] | None = None
+        self._api_server: grpc.aio.Server | None = None
+        self._grpc_lock = asyncio.Lock()  # opening and closing gRPC, one at a time
+        self._idle = IdleCloser(idle_close or 0.0, self._close_idle)
+        self._idle_close = idle_close
 
     def environment(self) -> dict[str, str]:
         variables = {
@@ -190,7 +204,83 @@ class WorkerProcess:
             return
         waiting.set_result(BatchChannel(reader, writer, int(hello.get("pid", 0))))
 
+    async def open(self) -> WorkerStub:
+        """The worker's stub; the channel (and the Agent API server) opened again if they were
+        closed while idle."""
+        stub = self.stub
+        if stub is not None:
+            return stub
+        async with self._grpc_lock:
+            if self.agent_api is not None and self._api_server is None:
+                self._api_server = await self.agent_api()
+            stub = self.stub
+            if stub is None:
+                self._channel = grpc.aio.insecure_channel(
+                    self.worker_endpoint.target,
+                    # A failed Process call is the agent's to retry (as a new attempt), never
+                    # gRPC's; without the retry machinery each call costs less. A worker on
+                    # TCP is reached directly, never through an http_proxy of the environment.
+                    options=[
+                        ("grpc.enable_retries", 0),
+                        ("grpc.max_receive_message_length", -1),
+                        ("grpc.enable_http_proxy", 0),
+                    ],
+                )
+                stub = self.stub = WorkerStub(self._channel)
+            return stub
+
+    async def process(
+        self, request: worker_common_pb2.ProcessRequest, timeout: float, metadata: Any = None
+    ) -> grpc.aio.UnaryUnaryCall:
+        """Start the worker's Process call (gRPC is not closed while it runs)."""
+        stub = await self.open()
+        call: grpc.aio.UnaryUnaryCall = stub.Process(request, timeout=timeout, metadata=metadata)
+        if self._idles:
+            self._idle.begin()
+            call.add_done_callback(self._idle.end)
+        return call
+
+    @property
+    def _idles(self) -> bool:
+        """Whether gRPC is closed when idle: only with the Agent API server in our hands (the
+        channel alone would keep nothing from waking: the server would keep gRPC going), and
+        not on TCP, whose port, once given up, another process could take before we bind it
+        again (the worker knows no other)."""
+        return (
+            bool(self._idle_close)
+            and self.agent_api is not None
+            and self.agent_endpoint.path is not None
+        )
+
+    async def _close_idle(self) -> None:
+        async with self._grpc_lock:
+            if not self._idle.expired():  # used meanwhile
+                return
+            channel, server = self._channel, self._api_server
+            self._channel = self.stub = self._api_server = None
+            try:
+                if channel is not None:
+                    await channel.close()
+                if server is not None:
+                    # Gracefully: the worker's connection is told to go away without an
+                    # error (no call is under way, so this does not wait).
+                    await server.stop(1.0)
+            except Exception:  # the next call opens new ones anyway
+                log.exception("closing the idle gRPC channel and server failed")
+
     async def start(self) -> None:
+        # Busy until healthy: the idle countdown must not close what we are checking.
+        self._idle.begin()
+        try:
+            await self._start()
+        finally:
+            self._idle.end()
+            if not self._idles:
+                self._idle.cancel()
+
+    async def _start(self) -> None:
+        # First: the worker is given the Agent API's address, its port once bound.
+        await self.open()
         if self.command:
             await self._serve_batches()
             self._connected = asyncio.get_running_loop().create_future()
@@ -202,18 +292,6 @@ class WorkerProcess:
                 env=self.environment(),
                 start_new_session=True,
             )
-        self._channel = grpc.aio.insecure_channel(
-            self.worker_endpoint.target,
-            # A failed Process call is the agent's to retry (as a new attempt), never gRPC's;
-            # without the retry machinery each call costs less.
-            # A worker on TCP is reached directly, never through an http_proxy of the environment.
-            options=[
-                ("grpc.enable_retries", 0),
-                ("grpc.max_receive_message_length", -1),
-                ("grpc.enable_http_proxy", 0),
-            ],
-        )
-        self.stub = WorkerStub(self._channel)
         await self.wait_healthy()
 
     async def wait_healthy(self) -> None:
@@ -265,7 +343,12 @@ class WorkerProcess:
 
     async def close(self) -> None:
         """Stop for good."""
+        self._idle.cancel()
         await self.stop()
+        async with self._grpc_lock:
+            server, self._api_server = self._api_server, None
+            if server is not None:
+                await server.stop(0)
         if self._batch_server is not None:
             self._batch_server.close()
             self._batch_server = None
@@ -277,9 +360,10 @@ class WorkerProcess:
         if self._connected is not None and not self._connected.done():
             self._connected.cancel()
         self._connected = None
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        async with self._grpc_lock:
+            channel, self._channel, self.stub = self._channel, None, None
+            if channel is not None:
+                await channel.close()
         process = self._process
         self._process = None
         if process is not None and process.returncode is None:

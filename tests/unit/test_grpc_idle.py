@@ -1,0 +1,200 @@
+"""gRPC closed while idle (compute/grpc_idle.py): the agent's channel to its worker and its
+Agent API server are closed together once unused for a while, never during a call, and opened
+again for the next call."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import grpc
+import pytest
+from armonik.protogen.common import objects_pb2, worker_common_pb2
+from armonik.protogen.worker.worker_service_pb2_grpc import (
+    WorkerServicer,
+    add_WorkerServicer_to_server,
+)
+
+from pyarmonik.compute.grpc_idle import IdleCloser
+from pyarmonik.compute.worker_process import Endpoint, WorkerProcess
+
+pytestmark = pytest.mark.timeout(60)
+
+IDLE = 0.2
+
+
+class SlowWorker(WorkerServicer):
+    """A worker whose Process lasts `seconds` (several idle periods)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    async def Process(
+        self, request: worker_common_pb2.ProcessRequest, context: object
+    ) -> worker_common_pb2.ProcessReply:
+        await asyncio.sleep(self.seconds)
+        return worker_common_pb2.ProcessReply()
+
+    async def HealthCheck(
+        self, request: objects_pb2.Empty, context: object
+    ) -> worker_common_pb2.HealthCheckReply:
+        return worker_common_pb2.HealthCheckReply(status=worker_common_pb2.HealthCheckReply.SERVING)
+
+
+class AgentApi:
+    """Stands for the agent's Agent API server: counts how often it is started."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.started = 0
+
+    async def __call__(self) -> grpc.aio.Server:
+        self.started += 1
+        server = grpc.aio.server()
+        self.path.unlink(missing_ok=True)
+        server.add_insecure_port(f"unix://{self.path}")
+        await server.start()
+        return server
+
+
+async def worker_and_process(
+    tmp_path: Path, seconds: float, agent: Endpoint | None = None
+) -> tuple[grpc.aio.Server, WorkerProcess, AgentApi]:
+    worker = grpc.aio.server()
+    add_WorkerServicer_to_server(SlowWorker(seconds), worker)
+    worker.add_insecure_port(f"unix://{tmp_path / 'worker.sock'}")
+    await worker.start()
+    process = WorkerProcess(
+        None, tmp_path / "worker.sock", agent or tmp_path / "agent.sock", idle_close=IDLE
+    )
+    api = AgentApi(tmp_path / "agent.sock")
+    process.agent_api = api
+    await process.start()
+    return worker, process, api
+
+
+async def test_an_idle_agent_closes_its_channel_and_agent_api_server(tmp_path: Path) -> None:
+    worker, process, api = await worker_and_process(tmp_path, 0.0)
+    try:
+        assert process.stub is not None and api.started == 1
+        await asyncio.sleep(IDLE * 3)
+        assert process.stub is None and process._api_server is None
+        reply = await (await process.process(worker_common_pb2.ProcessRequest(), timeout=5))
+        assert reply == worker_common_pb2.ProcessReply()
+        assert api.started == 2 and process.stub is not None
+    finally:
+        await process.close()
+        await worker.stop(0)
+    assert process._api_server is None
+
+
+async def test_grpc_stays_open_while_a_call_is_under_way(tmp_path: Path) -> None:
+    worker, process, api = await worker_and_process(tmp_path, IDLE * 4)
+    try:
+        call = await process.process(worker_common_pb2.ProcessRequest(), timeout=10)
+        await asyncio.sleep(IDLE * 2)
+        assert process.stub is not None  # not closed under the running call
+        assert await call == worker_common_pb2.ProcessReply()
+        await asyncio.sleep(IDLE * 3)
+        assert process.stub is None and api.started == 1
+    finally:
+        await process.close()
+        await worker.stop(0)
+
+
+async def test_an_agent_api_on_tcp_is_never_closed(tmp_path: Path) -> None:
+    """Its port could be taken meanwhile, and the worker knows no other."""
+    worker, process, api = await worker_and_process(
+        tmp_path, 0.0, agent=Endpoint.parse("tcp://127.0.0.1:0")
+    )
+    try:
+        await asyncio.sleep(IDLE * 3)
+        assert process.stub is not None and api.started == 1
+    finally:
+        await process.close()
+        await worker.stop(0)
+
+
+async def test_without_the_agent_api_server_nothing_is_closed(tmp_path: Path) -> None:
+    """An agent serving the Agent API itself: closing the channel alone would save nothing."""
+    worker, process, _ = await worker_and_process(tmp_path, 0.0)
+    await process.close()
+    process = WorkerProcess(None, tmp_path / "worker.sock", tmp_path / "a.sock", idle_close=IDLE)
+    try:
+        await process.start()
+        await (await process.process(worker_common_pb2.ProcessRequest(), timeout=5))
+        await asyncio.sleep(IDLE * 3)
+        assert process.stub is not None
+    finally:
+        await process.close()
+        await worker.stop(0)
+
+
+async def test_one_timer_at_most_and_none_while_busy() -> None:
+    closed: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def close() -> None:
+        closed.append(loop.time())
+
+    closer = IdleCloser(IDLE, close)
+    closer.begin()
+    await asyncio.sleep(IDLE * 2)
+    assert closer._timer is None and not closed  # busy: no countdown
+    began = loop.time()
+    closer.end()
+    for _ in range(5):  # uses in a row share the one timer
+        closer.touch()
+        await asyncio.sleep(IDLE / 4)
+    await asyncio.sleep(IDLE * 2)
+    assert len(closed) == 1 and closed[0] - began >= IDLE
+
+
+# In a fresh interpreter (the test process may hold other gRPC objects): the threads a
+# server and a channel start, then what is left once both are closed.
+THREADS = textwrap.dedent(
+    """
+    import asyncio, os
+    import grpc
+
+    def threads():
+        return len(os.listdir(f"/proc/{os.getpid()}/task"))
+
+    async def main():
+        server = grpc.aio.server()
+        server.add_insecure_port("unix://" + os.environ["SOCKET"])
+        await server.start()
+        channel = grpc.aio.insecure_channel("unix://" + os.environ["SOCKET"])
+        await channel.channel_ready()
+        opened = threads()
+        await channel.close()
+        await server.stop(1.0)
+        del channel, server
+        for _ in range(100):
+            if threads() == 1:
+                break
+            await asyncio.sleep(0.05)
+        print(opened, threads())
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads counted in /proc")
+def test_grpc_stops_its_threads_once_nothing_is_open(tmp_path: Path) -> None:
+    """What closing when idle relies on: gRPC's threads, which wake several times a second,
+    exist only while a channel or a server does."""
+    result = subprocess.run(
+        [sys.executable, "-c", THREADS],
+        env={"SOCKET": str(tmp_path / "s.sock"), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    opened, left = (int(n) for n in result.stdout.split())
+    assert opened > 1 and left == 1
