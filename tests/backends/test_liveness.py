@@ -72,6 +72,17 @@ async def _age_beats(database: Database, owner: str) -> None:
         )
 
 
+async def _acquired_by_live_agent(
+    backends: Backends, queue: TableQueue, count: int
+) -> dict[str, Verdict]:
+    """Another agent pulls `count` messages and tries to acquire their tasks: the verdicts."""
+    live = TaskProcessing(backends, LIVE, "host-b")
+    return {
+        m.task_id: (await live.acquire(m.task_id, _alive, now(), tried_take=True)).verdict
+        for m in await queue.pull("default", count, LONG)
+    }
+
+
 async def test_beats_and_silence(database: Database) -> None:
     async with database.write() as repository:
         await repository.beat(DEAD, "host-a")
@@ -122,13 +133,7 @@ async def test_a_silent_agents_tasks_are_handed_back_and_recovered(
     assert await hand_back_lost(backends) == {DEAD: 2}
     assert await hand_back_lost(backends) == {}  # handed back once
 
-    live = TaskProcessing(backends, LIVE, "host-b")
-    again = await queue.pull("default", 2, LONG)
-    assert {m.task_id for m in again} == {running_id, ahead_id}
-    verdicts = {
-        m.task_id: (await live.acquire(m.task_id, _alive, now(), tried_take=True)).verdict
-        for m in again
-    }
+    verdicts = await _acquired_by_live_agent(backends, queue, 2)
     assert verdicts == {running_id: Verdict.DROP, ahead_id: Verdict.ACQUIRED}
     async with database.read() as repository:
         retried = await repository.get(Task, running_id)
@@ -162,12 +167,7 @@ async def test_last_attempts_are_not_started_ahead(database: Database, tmp_path:
 
     await _age_beats(database, DEAD)
     assert await hand_back_lost(backends) == {DEAD: 2}
-    live = TaskProcessing(backends, LIVE, "host-b")
-    again = await queue.pull("default", 2, LONG)
-    verdicts = {
-        m.task_id: (await live.acquire(m.task_id, _alive, now(), tried_take=True)).verdict
-        for m in again
-    }
+    verdicts = await _acquired_by_live_agent(backends, queue, 2)
     # The started one is retried (its retry runs it), the last attempt is taken over.
     assert verdicts == {first: Verdict.DROP, last: Verdict.ACQUIRED}
     async with database.read() as repository:
