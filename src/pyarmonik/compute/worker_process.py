@@ -162,7 +162,6 @@ class WorkerProcess:
         self._api_server: grpc.aio.Server | None = None
         self._grpc_lock = asyncio.Lock()  # opening and closing gRPC, one at a time
         self._idle = IdleCloser(idle_close or 0.0, self._close_idle)
-        self._idle_close = idle_close
 
     def environment(self) -> dict[str, str]:
         variables = {
@@ -247,7 +246,7 @@ class WorkerProcess:
         not on TCP, whose port, once given up, another process could take before we bind it
         again (the worker knows no other)."""
         return (
-            bool(self._idle_close)
+            self._idle.seconds > 0
             and self.agent_api is not None
             and self.agent_endpoint.path is not None
         )
@@ -269,14 +268,14 @@ class WorkerProcess:
                 log.exception("closing the idle gRPC channel and server failed")
 
     async def start(self) -> None:
+        if not self._idles:
+            return await self._start()
         # Busy until healthy: the idle countdown must not close what we are checking.
         self._idle.begin()
         try:
             await self._start()
         finally:
             self._idle.end()
-            if not self._idles:
-                self._idle.cancel()
 
     async def _start(self) -> None:
         # First: the worker is given the Agent API's address, its port once bound.
