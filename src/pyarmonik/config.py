@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     # in arrival order (ArmoniK's). PYARMONIK_QUEUE_ORDER; every process of a cluster should
     # agree (the agents push too). docs/reliability.md, "Fair share between sessions".
     queue_order: Literal["fair", "fifo"] = "fair"
+    # Agents stop (SIGSTOP) the worker they started once it has been idle for a few seconds,
+    # and continue it for the next task: an idle official worker polls ten times a second.
+    # PYARMONIK_PAUSE_IDLE_WORKER=false for a worker that works between tasks.
+    pause_idle_worker: bool = True
     log_level: str = "INFO"
     # OpenTelemetry traces over OTLP/gRPC (e.g. http://127.0.0.1:4317); empty: off, unless
     # OTEL_EXPORTER_OTLP_ENDPOINT is set.

@@ -12,27 +12,53 @@ import grpc
 from armonik.client import ArmoniKSessions, ArmoniKTasks
 from armonik.common import Task, TaskOptions, TaskStatus
 
+from pyarmonik.storage.database.wakeups import wake_folder
 from tests.helpers import local_cluster, submit_orders
 
 AGENTS = 64
 OPTIONS = TaskOptions(max_duration=timedelta(seconds=120), priority=1, max_retries=2)
 
 
-def _wait_for_workers(data_dir: Path, count: int, timeout: float) -> None:
-    """Until `count` agents have a healthy worker (its socket exists once it serves)."""
+def _agent_pids(cluster_pid: int) -> set[int]:
+    """The agents `pyarmonik local` started (its children running `agent`)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        parent = int(stat[stat.rfind(")") + 2 :].split()[1])
+        if parent == cluster_pid and b"agent" in command:
+            pids.add(int(entry.name))
+    return pids
+
+
+def _wait_until_all_serve(data_dir: Path, cluster_pid: int, count: int, timeout: float) -> None:
+    """Until `count` agents serve: each has looked at the queue, found it empty and waits for
+    a wake-up (its wake-up socket, named after its pid, exists). A worker's socket alone is
+    not enough: under the load of 128 processes starting, an agent was seen to begin serving
+    5 s after its worker listened, when the others had taken every task."""
+    folder = wake_folder(data_dir / "pyarmonik.db")
     deadline = time.monotonic() + timeout
+    waiting: set[int] = set()
     while time.monotonic() < deadline:
-        if len(list((data_dir / "agents").glob("*/worker.sock"))) >= count:
+        agents = _agent_pids(cluster_pid)
+        names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+        waiting = {int(n.split("-")[0]) for n in names if n.split("-")[0].isdigit()} & agents
+        if len(agents) >= count and len(waiting) >= count:
             return
         time.sleep(0.5)
-    ready = len(list((data_dir / "agents").glob("*/worker.sock")))
-    raise AssertionError(f"{ready} of {count} agents serve after {timeout:.0f} s")
+    raise AssertionError(f"{len(waiting)} of {count} agents serve after {timeout:.0f} s")
 
 
 def test_64_agents_start_and_every_one_serves(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     with local_cluster(data_dir, agents=AGENTS) as cluster:
-        _wait_for_workers(data_dir, AGENTS, timeout=240)
+        assert cluster.process is not None
+        _wait_until_all_serve(data_dir, cluster.process.pid, AGENTS, timeout=240)
         with grpc.insecure_channel(cluster.endpoint) as channel:
             session_id = ArmoniKSessions(channel).create_session(OPTIONS, ["default"])
             # Three 2 s tasks per agent: an agent holds at most two (running, prepared), so

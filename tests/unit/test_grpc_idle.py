@@ -198,3 +198,97 @@ def test_grpc_stops_its_threads_once_nothing_is_open(tmp_path: Path) -> None:
     )
     opened, left = (int(n) for n in result.stdout.split())
     assert opened > 1 and left == 1
+
+
+# A worker process of its own (the agent starts it): answers Process at once.
+WORKER = textwrap.dedent(
+    """
+    import asyncio, os
+    import grpc
+    from armonik.protogen.common import worker_common_pb2
+    from armonik.protogen.worker.worker_service_pb2_grpc import (
+        WorkerServicer, add_WorkerServicer_to_server)
+
+    class Worker(WorkerServicer):
+        async def Process(self, request, context):
+            return worker_common_pb2.ProcessReply()
+
+    async def main():
+        server = grpc.aio.server()
+        add_WorkerServicer_to_server(Worker(), server)
+        server.add_insecure_port("unix://" + os.environ["ComputePlane__WorkerChannel__Address"])
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+    """
+)
+
+
+def _state(pid: int) -> str:
+    """The process's state letter in /proc (T: stopped)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rfind(")") + 2]
+
+
+def _gone(pid: int) -> bool:
+    """Whether the process has exited (reaped, or a zombie)."""
+    return not Path(f"/proc/{pid}").exists() or _state(pid) in "ZX"
+
+
+async def started_worker(tmp_path: Path, pause_idle: bool = True) -> tuple[WorkerProcess, int]:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    process = WorkerProcess(
+        f"{sys.executable} {script}",
+        tmp_path / "worker.sock",
+        tmp_path / "agent.sock",
+        idle_close=IDLE,
+        pause_idle=pause_idle,
+    )
+    process.agent_api = AgentApi(tmp_path / "agent.sock")
+    await process.start()
+    assert process._process is not None
+    return process, process._process.pid
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="states read in /proc")
+async def test_an_idle_worker_is_stopped_and_continued_for_the_next_task(tmp_path: Path) -> None:
+    process, pid = await started_worker(tmp_path)
+    try:
+        for _ in range(2):  # paused, continued, paused again
+            await asyncio.sleep(IDLE * 3)
+            assert process.paused and _state(pid) == "T"
+            call = await process.process(worker_common_pb2.ProcessRequest(), timeout=10)
+            assert await call == worker_common_pb2.ProcessReply()
+            assert not process.paused and _state(pid) != "T"
+    finally:
+        await process.close()
+    assert _gone(pid)  # a stopped worker dies too
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="states read in /proc")
+async def test_an_idle_worker_keeps_running_when_pausing_is_off(tmp_path: Path) -> None:
+    process, pid = await started_worker(tmp_path, pause_idle=False)
+    try:
+        await asyncio.sleep(IDLE * 3)
+        assert process.stub is None  # gRPC closed all the same
+        assert not process.paused and _state(pid) != "T"
+    finally:
+        await process.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="states read in /proc")
+async def test_a_paused_worker_is_restarted_like_any_other(tmp_path: Path) -> None:
+    """A task's cancellation kills the worker and starts another: a stopped one too."""
+    process, pid = await started_worker(tmp_path)
+    try:
+        await asyncio.sleep(IDLE * 3)
+        assert process.paused
+        process.kill()
+        await process.restart("test")
+        assert process._process is not None and process._process.pid != pid
+        call = await process.process(worker_common_pb2.ProcessRequest(), timeout=10)
+        assert await call == worker_common_pb2.ProcessReply()
+    finally:
+        await process.close()

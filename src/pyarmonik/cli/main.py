@@ -281,6 +281,7 @@ def agent(
         http_port=http_port,
         lease=lease,
         data_chunk_max_size=settings.data_chunk_max_size,
+        pause_idle_worker=settings.pause_idle_worker,
     )
 
     async def main(stop: asyncio.Event) -> None:

@@ -118,6 +118,8 @@ class AgentSettings:
     # Offer the worker the batched protocol (compute/frames.py); the SDK's function worker
     # takes it, other workers keep ArmoniK's Worker.Process.
     batched: bool = True
+    # Stop the idle worker until the next task (compute/worker_process.py `_pause`).
+    pause_idle_worker: bool = True
 
     @property
     def served(self) -> list[str]:
@@ -178,6 +180,7 @@ class Agent:
             else settings.worker_socket or self.work_dir / "worker.sock",
             Endpoint.parse(settings.agent_channel or str(self.work_dir / "agent.sock")),
             batch_socket=self.work_dir / "batch.sock" if settings.batched else None,
+            pause_idle=settings.pause_idle_worker,
         )
         self.owner_id = ""
         self.processing: TaskProcessing | None = None
