@@ -57,12 +57,16 @@ def agent_pids(root: int) -> list[int]:
     ]
 
 
-def alive(pid: int) -> bool:
+def state(pid: int) -> str:
+    """The process's state letter in /proc (R, S, T: stopped, Z: zombie...); "" once gone."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
-        return False
-    return state != "Z"
+        return ""
+
+
+def alive(pid: int) -> bool:
+    return state(pid) not in ("", "Z")
 
 
 # -- `pyarmonik ...` processes of a deployment ------------------------------------------------

@@ -14,26 +14,10 @@ from armonik.common import Task, TaskOptions, TaskStatus
 
 from pyarmonik.storage.database.wakeups import wake_folder
 from tests.helpers import local_cluster, submit_orders
+from tests.processes import agent_pids
 
 AGENTS = 64
 OPTIONS = TaskOptions(max_duration=timedelta(seconds=120), priority=1, max_retries=2)
-
-
-def _agent_pids(cluster_pid: int) -> set[int]:
-    """The agents `pyarmonik local` started (its children running `agent`)."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        parent = int(stat[stat.rfind(")") + 2 :].split()[1])
-        if parent == cluster_pid and b"agent" in command:
-            pids.add(int(entry.name))
-    return pids
 
 
 def _wait_until_all_serve(data_dir: Path, cluster_pid: int, count: int, timeout: float) -> None:
@@ -45,7 +29,7 @@ def _wait_until_all_serve(data_dir: Path, cluster_pid: int, count: int, timeout:
     deadline = time.monotonic() + timeout
     waiting: set[int] = set()
     while time.monotonic() < deadline:
-        agents = _agent_pids(cluster_pid)
+        agents = set(agent_pids(cluster_pid))
         names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
         waiting = {int(n.split("-")[0]) for n in names if n.split("-")[0].isdigit()} & agents
         if len(agents) >= count and len(waiting) >= count:

@@ -20,6 +20,7 @@ from armonik.protogen.worker.worker_service_pb2_grpc import (
 
 from pyarmonik.compute.grpc_idle import IdleCloser
 from pyarmonik.compute.worker_process import Endpoint, WorkerProcess
+from tests.processes import alive, state
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -225,17 +226,6 @@ WORKER = textwrap.dedent(
 )
 
 
-def _state(pid: int) -> str:
-    """The process's state letter in /proc (T: stopped)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rfind(")") + 2]
-
-
-def _gone(pid: int) -> bool:
-    """Whether the process has exited (reaped, or a zombie)."""
-    return not Path(f"/proc/{pid}").exists() or _state(pid) in "ZX"
-
-
 async def started_worker(tmp_path: Path, pause_idle: bool = True) -> tuple[WorkerProcess, int]:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -258,13 +248,13 @@ async def test_an_idle_worker_is_stopped_and_continued_for_the_next_task(tmp_pat
     try:
         for _ in range(2):  # paused, continued, paused again
             await asyncio.sleep(IDLE * 3)
-            assert process.paused and _state(pid) == "T"
+            assert process.paused and state(pid) == "T"
             call = await process.process(worker_common_pb2.ProcessRequest(), timeout=10)
             assert await call == worker_common_pb2.ProcessReply()
-            assert not process.paused and _state(pid) != "T"
+            assert not process.paused and state(pid) != "T"
     finally:
         await process.close()
-    assert _gone(pid)  # a stopped worker dies too
+    assert not alive(pid)  # a stopped worker dies too
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="states read in /proc")
@@ -273,7 +263,7 @@ async def test_an_idle_worker_keeps_running_when_pausing_is_off(tmp_path: Path) 
     try:
         await asyncio.sleep(IDLE * 3)
         assert process.stub is None  # gRPC closed all the same
-        assert not process.paused and _state(pid) != "T"
+        assert not process.paused and state(pid) != "T"
     finally:
         await process.close()
 
