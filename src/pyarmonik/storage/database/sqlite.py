@@ -27,7 +27,7 @@ import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager, closing, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -424,23 +424,29 @@ class SqliteDatabase:
         self._closing = asyncio.Event()
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._create)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.write_lock.open()
+        await asyncio.to_thread(self._create)
         self._writer, self._reader = await _connect(self.path), await _connect(self.path)
         self._checkpointer = asyncio.create_task(self._checkpoints(), name="sqlite-checkpoints")
 
     def _create(self) -> None:
-        """Create the file and the schema (in a thread: it may wait for other processes)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT)
-        try:
+        """Create the file and the schema (in a thread: it may wait for other processes).
+        Under our write lock: switching a new file to WAL needs SQLite's exclusive lock, and
+        when dozens of processes start together SQLite may refuse it at once (`database is
+        locked`) rather than call its busy handler, which it skips where waiting could
+        deadlock."""
+        with (
+            self.write_lock.held_in_thread(),
+            closing(
+                sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT)
+            ) as connection,
+        ):
             connection.execute("PRAGMA journal_mode = WAL")
             # executescript commits whatever is pending first: BEGIN goes inside the script.
             connection.executescript("BEGIN IMMEDIATE;" + SCHEMA)
             _add_missing_columns(connection)
             connection.execute("COMMIT")
-        finally:
-            connection.close()
 
     async def _checkpoints(self) -> None:
         """Move the WAL into the database file now and then, off the loop (this fsyncs).

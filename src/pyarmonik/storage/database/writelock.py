@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 
@@ -62,6 +63,15 @@ class WriteLock:
 
     def _release_abandoned(self, waiting: asyncio.Future[None]) -> None:
         if not waiting.cancelled() and waiting.exception() is None and not self.held:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def held_in_thread(self) -> Iterator[None]:
+        """Hold the lock for a block that runs in a thread (it blocks until the lock is free)."""
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def release(self) -> None:
