@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     # and continue it for the next task: an idle official worker polls ten times a second.
     # PYARMONIK_PAUSE_IDLE_WORKER=false for a worker that works between tasks.
     pause_idle_worker: bool = True
+    # `pyarmonik local` runs its agents this many to a process, sharing the process's
+    # database connection (compute/group.py); 1: a process per agent, as in ArmoniK.
+    # PYARMONIK_AGENTS_PER_PROCESS.
+    agents_per_process: int = Field(default=1, ge=1)
     log_level: str = "INFO"
     # OpenTelemetry traces over OTLP/gRPC (e.g. http://127.0.0.1:4317); empty: off, unless
     # OTEL_EXPORTER_OTLP_ENDPOINT is set.

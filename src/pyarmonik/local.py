@@ -35,7 +35,7 @@ class LocalCluster:
         self._commands: list[list[str]] = []  # of each agent, to start it again
         self._env: dict[str, str] = {}
 
-    def _agent_command(self, partition: PartitionSettings, index: int) -> list[str]:
+    def _agent_command(self, partition: PartitionSettings, index: int, agents: int) -> list[str]:
         settings = self.settings
         return [
             sys.executable, "-m", "pyarmonik.cli.main", "agent",
@@ -46,6 +46,7 @@ class LocalCluster:
             "--queue", settings.queue_url,
             "--objects", settings.objects_url,
             "--lease", str(self.lease),
+            "--agents", str(agents),
         ]  # fmt: skip
 
     async def start(self) -> str:
@@ -57,10 +58,12 @@ class LocalCluster:
         env["PYARMONIK_INLINE_THRESHOLD"] = str(self.settings.inline_threshold)
         # They push ready tasks too: in the same order as the control plane.
         env["PYARMONIK_QUEUE_ORDER"] = self.settings.queue_order
+        env["PYARMONIK_PAUSE_IDLE_WORKER"] = str(self.settings.pause_idle_worker).lower()
+        per_process = self.settings.agents_per_process
         for partition in self.settings.partition_list():
             count = partition.agents if partition.agents is not None else self.default_agents
-            for index in range(count):
-                command = self._agent_command(partition, index)
+            for index, first in enumerate(range(0, count, per_process)):
+                command = self._agent_command(partition, index, min(per_process, count - first))
                 self._commands.append(command)
                 self.agents.append(await self._spawn(command))
         return f"{self.settings.host}:{port}"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pyarmonik.compute.group import ChangeFanout, Changes
 from pyarmonik.domain.statuses import TaskStatus
 from pyarmonik.storage.database import Database
 from pyarmonik.storage.database.sqlite import SqliteDatabase
@@ -191,3 +192,51 @@ async def test_sqlite_wakeups_work_when_the_path_is_long(tmp_path: Path) -> None
         await second.close()
         await first.close()
     assert not first.wakeups.folder.exists()
+
+
+# -- several agents of one process (compute/group.py) ------------------------------------------
+
+
+async def test_a_group_fanout_wakes_every_waiting_agent(
+    backend: Backend, database: Database
+) -> None:
+    other = await backend.open()
+    fanout = ChangeFanout(database)
+    first, second = fanout.subscribe(), fanout.subscribe()
+    for agent in (first, second):  # a new agent looks at the queue first: returns at once
+        await asyncio.wait_for(agent.wait_for_changes(FALLBACK), 5)
+    await settled(database)
+    waiters = [asyncio.create_task(agent.wait_for_changes(FALLBACK)) for agent in (first, second)]
+    await asyncio.sleep(0.05)
+    assert not any(waiter.done() for waiter in waiters) and fanout.listening
+    await insert(other, make_task("t1"))
+    await asyncio.gather(*waiters)
+    for _ in range(100):  # its waiter task ends the database wait within a few loop turns
+        if not fanout.listening:
+            break
+        await asyncio.sleep(0.01)
+    assert not fanout.listening, "nobody waits: the database is not waited on"
+    await fanout.close()
+
+
+async def test_a_change_that_came_while_an_agent_was_busy_wakes_its_next_wait(
+    backend: Backend, database: Database
+) -> None:
+    other = await backend.open()
+    fanout = ChangeFanout(database)
+    waiting, busy = fanout.subscribe(), fanout.subscribe()
+    for agent in (waiting, busy):
+        await agent.wait_for_changes(0)
+    await settled(database)
+    await woken_by_agent(waiting, insert(other, make_task("t1")))
+    # `busy` was reading the queue meanwhile: its next wait returns at once, not after 60 s.
+    await asyncio.wait_for(busy.wait_for_changes(FALLBACK), 5)
+    await fanout.close()
+
+
+async def woken_by_agent(agent: Changes, write: Awaitable[None]) -> None:
+    waiter = asyncio.create_task(agent.wait_for_changes(FALLBACK))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    await write
+    await waiter

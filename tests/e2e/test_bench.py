@@ -84,11 +84,13 @@ def test_compare_prints_one_table(hidden: str) -> None:
     assert "> 1 meaning pyarmonik is faster" in done.stdout
 
 
-def test_scale_bench_prints_one_row_per_agent_count() -> None:
-    """`bench scale` on tiny sizes: a fresh cluster per agent count, every task run."""
+def test_scale_bench_prints_one_row_per_agent_count_and_grouping() -> None:
+    """`bench scale` on tiny sizes: a fresh cluster per agent count and agents per process,
+    every task run."""
     done = subprocess.run(
         [sys.executable, "-m", "pyarmonik.cli.main", "bench", "scale", "--agents", "1,2",
-         "--task-ms", "20", "--work-seconds", "0.1", "--idle-seconds", "0.5"],
+         "--agents-per-process", "1,2", "--task-ms", "20", "--work-seconds", "0.1",
+         "--idle-seconds", "0.5"],
         capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
     table = [
@@ -97,8 +99,10 @@ def test_scale_bench_prints_one_row_per_agent_count() -> None:
         if line.startswith("|") and not line.startswith("|---")
     ]
     header, rows = table[0], table[1:]
-    assert header[:5] == ["agents", "tasks", "ideal (s)", "wall (s)", "efficiency"]
-    assert [(row[0], row[1]) for row in rows] == [("1", "5"), ("2", "10")]
+    assert header[:6] == ["agents", "per process", "tasks", "ideal (s)", "wall (s)", "efficiency"]
+    assert [tuple(row[:3]) for row in rows] == [
+        ("1", "1", "5"), ("1", "2", "5"), ("2", "1", "10"), ("2", "2", "10")
+    ]  # fmt: skip
     for row in rows:
-        assert 0 < float(row[4]) <= 1.5
-        assert all(float(cell) >= 0 for cell in row[5:])
+        assert 0 < float(row[5]) <= 1.5
+        assert all(float(cell) >= 0 for cell in row[6:])

@@ -111,7 +111,8 @@ class Cluster:
         """Agents start in a second or two; measure once they all serve."""
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
-            sockets = list(Path(self.data_dir, "agents").glob("*/worker.sock"))
+            # agents/<partition>-<n>/ (or agents/<partition>-<n>/<k>/ in a group)
+            sockets = list(Path(self.data_dir, "agents").rglob("worker.sock"))
             if len(sockets) >= self.agents:
                 time.sleep(1.0)
                 return

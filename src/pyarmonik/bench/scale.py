@@ -30,6 +30,7 @@ ROLES = ("agents", "workers", "control")
 @dataclass
 class ScaleRow:
     agents: int
+    per_process: int | None  # agents per process; None: as configured
     tasks: int
     ideal_s: float
     wall_s: float
@@ -69,7 +70,9 @@ def _cpu(root: int) -> dict[str, float]:
     return seconds
 
 
-def _rss_mb_per_agent(root: int) -> float:
+def _rss_mb_per_agent(root: int, agents: int) -> float:
+    """Memory of the agents' processes, shared out between the agents (several may run in
+    one process: `agents_per_process`)."""
     sizes = []
     for pid in _descendants(root):
         if _role(pid, root) != "agents":
@@ -80,7 +83,7 @@ def _rss_mb_per_agent(root: int) -> float:
                     sizes.append(int(line.split()[1]) / 1024)
         except OSError:
             continue
-    return sum(sizes) / len(sizes) if sizes else 0.0
+    return sum(sizes) / agents
 
 
 def _settle(root: int, limit: float = 30.0) -> None:
@@ -122,8 +125,11 @@ def measure(
     work_seconds: float,
     idle_seconds: float,
     extra: list[str],
+    per_process: int | None = None,
 ) -> ScaleRow:
-    """One agent count: idle cost, then the sleep tasks."""
+    """One agent count (grouped `per_process` to a process): idle cost, then the tasks."""
+    if per_process is not None:
+        extra = [*extra, "--agents-per-process", str(per_process)]
     task_seconds = task_ms / 1000
     tasks = agents * max(1, math.ceil(work_seconds / max(task_seconds, 1e-3)))
     with (
@@ -143,12 +149,13 @@ def measure(
         submit_independent(channel, session_id, tasks, f"sleep:{task_ms}".encode())
         retried = _wait_finished(channel, session_id, tasks)
         used = _difference(_cpu(root), before)
-        rss = _rss_mb_per_agent(root)
+        rss = _rss_mb_per_agent(root, agents)
         ran, throughput, _ = _timings(channel, session_id)
     wall = len(ran) / throughput if throughput else float("inf")
     ideal = tasks * task_seconds / agents
     return ScaleRow(
         agents=agents,
+        per_process=per_process,
         tasks=tasks,
         ideal_s=round(ideal, 2),
         wall_s=round(wall, 2),
@@ -161,7 +168,7 @@ def measure(
 
 
 HEADER = (
-    "| agents | tasks | ideal (s) | wall (s) | efficiency | CPU ms/task: agents | workers "
+    "| agents | per process | tasks | ideal (s) | wall (s) | efficiency | CPU ms/task: agents | workers "
     "| control plane | RSS MB/agent | idle: % of one core, agents | workers | control plane "
     "| retried |"
 )
@@ -170,7 +177,7 @@ HEADER = (
 def row_line(row: ScaleRow) -> str:
     cpu, idle = row.cpu_ms_per_task, row.idle_core_percent
     cells = [
-        row.agents, row.tasks, row.ideal_s, row.wall_s, f"{row.efficiency:.2f}",
+        row.agents, row.per_process or "-", row.tasks, row.ideal_s, row.wall_s, f"{row.efficiency:.2f}",
         cpu["agents"], cpu["workers"], cpu["control"], row.rss_mb_per_agent,
         idle["agents"], idle["workers"], idle["control"], row.retried,
     ]  # fmt: skip
@@ -184,6 +191,7 @@ def scale(
     idle_seconds: float,
     extra: list[str],
     backends: str,
+    groupings: list[int | None],
 ) -> Iterator[str]:
     """The table, one row per agent count (each its own fresh cluster), line by line."""
     yield (
@@ -193,4 +201,5 @@ def scale(
     yield HEADER
     yield "|" + "---|" * (HEADER.count("|") - 1)
     for count in counts:
-        yield row_line(measure(count, task_ms, work_seconds, idle_seconds, extra))
+        for per_process in groupings:
+            yield row_line(measure(count, task_ms, work_seconds, idle_seconds, extra, per_process))

@@ -236,6 +236,14 @@ def agent(
     lease: Annotated[
         float, typer.Option(help="Seconds a held queue message stays invisible.")
     ] = 30.0,
+    agents: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Agents run by this process, each with its own worker and a folder "
+            "--work-dir/N, sharing one database connection (docs/performance.md).",
+        ),
+    ] = 1,
     data_dir: DataDirOption = None,
     config: ConfigOption = None,
     database: DatabaseOption = None,
@@ -244,6 +252,7 @@ def agent(
 ) -> None:
     """Run a polling agent: pull tasks of its partitions and have a worker run them."""
     from pyarmonik.compute.agent import Agent, AgentSettings
+    from pyarmonik.compute.group import run_group
     from pyarmonik.compute.worker_process import Endpoint
     from pyarmonik.observability import tracing
     from pyarmonik.storage.factory import open_backends
@@ -251,6 +260,11 @@ def agent(
     if worker is None and worker_socket is None and worker_channel is None:
         raise typer.BadParameter(
             "give --worker CMD, or --worker-socket PATH / --worker-channel URL of a running worker"
+        )
+    if agents > 1 and (worker is None or worker_channel or agent_channel or http_port):
+        raise typer.BadParameter(
+            "--agents N > 1 starts N workers: give --worker CMD, and no --worker-socket, "
+            "--worker-channel, --agent-channel or --http-port (one address each cannot be shared)"
         )
     try:
         channels = [Endpoint.parse(c) for c in (worker_channel, agent_channel) if c]
@@ -287,7 +301,10 @@ def agent(
     async def main(stop: asyncio.Event) -> None:
         tracing.configure("pyarmonik-agent", settings.otlp_endpoint)
         try:
-            await Agent(open_backends(settings), agent_settings).run(stop)
+            if agents == 1:
+                await Agent(open_backends(settings), agent_settings).run(stop)
+            else:
+                await run_group(agents, agent_settings, settings, stop)
         except ArmoniKError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from error
@@ -314,6 +331,14 @@ def local(
     http_port: Annotated[
         int | None, typer.Option(help="HTTP port of /metrics and health (default: gRPC port + 1).")
     ] = None,
+    agents_per_process: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Agents run by one process, sharing its database connection (default 1; "
+            "agents_per_process in --config).",
+        ),
+    ] = None,
     data_dir: DataDirOption = None,
     config: ConfigOption = None,
     database: DatabaseOption = None,
@@ -336,6 +361,7 @@ def local(
         queue=queue,
         objects=objects,
         official_gui_dir=official_gui,
+        agents_per_process=agents_per_process,
     )
     if not settings.partitions:
         settings.partitions = [PartitionSettings(id=partition, agents=agents, worker=worker)]
@@ -465,6 +491,13 @@ def bench_scale(
     idle_seconds: Annotated[
         float, typer.Option(help="Seconds the cluster is measured idle before the tasks.")
     ] = 10.0,
+    agents_per_process: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated `local --agents-per-process` values, a row each "
+            "(default: the configured one)."
+        ),
+    ] = None,
     database: DatabaseOption = None,
     queue: QueueOption = None,
     objects: ObjectsOption = None,
@@ -475,12 +508,18 @@ def bench_scale(
 
     try:
         counts = [int(a) for a in agents.split(",") if a.strip()]
+        groupings: list[int | None] = [
+            int(a) for a in (agents_per_process or "").split(",") if a.strip()
+        ]
     except ValueError as error:
-        raise typer.BadParameter(f"--agents takes counts like 1,2,4: {error}") from error
+        raise typer.BadParameter(f"counts like 1,2,4 expected: {error}") from error
     if not counts or min(counts) < 1 or task_ms < 0 or work_seconds <= 0 or idle_seconds <= 0:
         raise typer.BadParameter("agent counts ≥ 1, task_ms ≥ 0, positive durations")
+    if any(g is not None and g < 1 for g in groupings):
+        raise typer.BadParameter("--agents-per-process takes counts ≥ 1")
     extra, names = _backend_args(database, queue, objects)
-    for line in scale(counts, task_ms, work_seconds, idle_seconds, extra, names):
+    lines = scale(counts, task_ms, work_seconds, idle_seconds, extra, names, groupings or [None])
+    for line in lines:
         typer.echo(line)
 
 

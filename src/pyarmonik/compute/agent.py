@@ -28,6 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 import grpc
@@ -90,6 +91,10 @@ COMMIT_MAX = 512  # successes committed in one transaction
 # A short success waits this long for the next one to commit with it (official workers).
 GROUP_WAIT = 0.02
 GROUP_MAX = 32
+
+
+class ChangeWaiter(Protocol):
+    async def wait_for_changes(self, timeout: float) -> None: ...
 
 
 @dataclass
@@ -183,6 +188,8 @@ class Agent:
             pause_idle=settings.pause_idle_worker,
         )
         self.owner_id = ""
+        # What the agent waits on for new work: the database, or a group's fan-out of it.
+        self.changes: ChangeWaiter = backends.database
         self.processing: TaskProcessing | None = None
         self.completed = 0
         self._stopping = asyncio.Event()
@@ -254,7 +261,7 @@ class Agent:
         if self.worker.batch is not None:  # the worker speaks the batched protocol
             from pyarmonik.compute.batch import BatchRunner
 
-            relay = asyncio.create_task(_relay(stop, self._stopping))
+            relay = asyncio.create_task(relay_event(stop, self._stopping))
             await BatchRunner(self).run()
             relay.cancel()
             keeper.cancel()
@@ -415,7 +422,7 @@ class Agent:
         if timeout <= 0.0:
             self._queue_was_empty = False
             return
-        changed = asyncio.ensure_future(self.backends.database.wait_for_changes(timeout))
+        changed = asyncio.ensure_future(self.changes.wait_for_changes(timeout))
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             await asyncio.wait((changed, stopping), return_when=asyncio.FIRST_COMPLETED)
@@ -985,6 +992,6 @@ def window_size(mean_seconds: float, largest: int) -> int:
     return max(1, min(largest, int(WINDOW_SECONDS / max(mean_seconds, 1e-4))))
 
 
-async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
+async def relay_event(source: asyncio.Event, target: asyncio.Event) -> None:
     await source.wait()
     target.set()

@@ -19,6 +19,9 @@ class Backends:
     objects: ObjectStorage
     partitions: list[Partition] = field(default_factory=list)
     default_partition: str = "default"
+    # The database and object storage are shared with other agents of the process and
+    # started and closed by it (compute/group.py): `start` and `close` are the queue's only.
+    shares_storage: bool = False
 
     @functools.cached_property
     def queue_in_database(self) -> TransactionalQueue | None:
@@ -31,14 +34,17 @@ class Backends:
         return None
 
     async def start(self) -> None:
-        await self.database.start()
+        if not self.shares_storage:
+            await self.database.start()
         await self.queue.start()
-        await self.objects.start()
+        if not self.shares_storage:
+            await self.objects.start()
 
     async def close(self) -> None:
         await self.queue.close()
-        await self.objects.close()
-        await self.database.close()
+        if not self.shares_storage:
+            await self.objects.close()
+            await self.database.close()
 
 
 def now() -> float:

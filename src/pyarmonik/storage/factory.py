@@ -36,17 +36,25 @@ def open_objects(url: str) -> ObjectStorage:
     return objects
 
 
-def open_backends(settings: Settings) -> Backends:
+def open_backends(settings: Settings, sharing: Backends | None = None) -> Backends:
+    """The backends `settings` name. `sharing`: the database and object storage of these
+    (started and closed by their owner), a queue of our own (compute/group.py)."""
     from pyarmonik.storage.objects.inline import InlineObjects
 
-    database = open_database(settings.database_url)
-    # Wrapped even with a threshold of 0 (nothing new stored inline): blobs stored in the
-    # database under another setting, or by another process, stay readable.
-    objects = InlineObjects(database, open_objects(settings.objects_url), settings.inline_threshold)
+    if sharing is not None:
+        database, objects = sharing.database, sharing.objects
+    else:
+        database = open_database(settings.database_url)
+        # Wrapped even with a threshold of 0 (nothing new stored inline): blobs stored in
+        # the database under another setting, or by another process, stay readable.
+        objects = InlineObjects(
+            database, open_objects(settings.objects_url), settings.inline_threshold
+        )
     return Backends(
         database=database,
         queue=open_queue(settings.queue_url, database, fair=settings.queue_order == "fair"),
         objects=objects,
         partitions=[p.record() for p in settings.partition_list()],
         default_partition=settings.default_partition,
+        shares_storage=sharing is not None,
     )
