@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pyarmonik.compute.folders import KEPT_INPUTS, TaskFolders
 from pyarmonik.compute.inputs import read_inputs, write_inputs
 from pyarmonik.domain.options import TaskOptions
 from pyarmonik.domain.records import Result, Task
@@ -59,10 +60,10 @@ async def test_inputs_are_written_as_files_and_missing_ones_named(
     backends: Backends, tmp_path: Path
 ) -> None:
     tasks = await stored(backends)
-    folders = {t.task_id: tmp_path / t.task_id for t in tasks}
-    for folder in folders.values():
-        folder.mkdir()
-    missing = await write_inputs(backends, folders, tasks)
+    slots = TaskFolders(tmp_path / "slots")
+    await slots.start()
+    folders = {t.task_id: slots.take() for t in tasks}
+    missing = await write_inputs(backends, slots, folders, tasks)
     assert missing == {"t2": ["absent"], "t3": ["vanished"]}
     assert (folders["t1"] / "small").read_bytes() == SMALL
     assert (folders["t1"] / "big").read_bytes() == BIG
@@ -74,3 +75,44 @@ async def test_inputs_are_read_together(backends: Backends) -> None:
     data, missing = await read_inputs(backends, tasks)
     assert data == {"small": SMALL, "big": BIG}
     assert missing == {"absent", "vanished"}
+
+
+async def test_an_input_kept_in_a_reused_folder_is_not_written_again(
+    backends: Backends, tmp_path: Path
+) -> None:
+    """Tasks sharing a payload: the next task of a folder finds it there; the worker's own
+    files are removed; a kept input the worker changed is written anew."""
+    first, _, _ = await stored(backends)
+    slots = TaskFolders(tmp_path / "slots")
+    await slots.start()
+    folder = slots.take()
+    assert await write_inputs(backends, slots, {"t1": folder}, [first]) == {}
+    written = {name: (folder / name).stat().st_ino for name in ("small", "big")}
+    (folder / "output").write_bytes(b"the worker's")
+    slots.give_back(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["big", "small"]
+
+    again = Task("t4", "s", "small", TaskOptions(max_duration=60), data_dependencies=["big"])
+    assert slots.take() == folder
+    assert await write_inputs(backends, slots, {"t4": folder}, [again]) == {}
+    assert {name: (folder / name).stat().st_ino for name in written} == written
+
+    (folder / "small").write_bytes(b"changed by the worker")
+    slots.give_back(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["big"]
+    assert slots.take() == folder
+    assert await write_inputs(backends, slots, {"t4": folder}, [again]) == {}
+    assert (folder / "small").read_bytes() == SMALL
+
+
+async def test_a_folder_keeps_a_bounded_number_of_inputs(tmp_path: Path) -> None:
+    slots = TaskFolders(tmp_path / "slots")
+    await slots.start()
+    folder = slots.take()
+    for index in range(KEPT_INPUTS + 1):
+        (folder / f"input{index}").write_bytes(b"x")
+        slots.wrote(folder, f"input{index}", b"blob%d" % index)
+        slots.give_back(folder)
+        assert slots.take() == folder
+        kept = len(list(folder.iterdir()))
+        assert kept == (index + 1 if index < KEPT_INPUTS else 0)

@@ -557,6 +557,7 @@ class Agent:
         try:
             missing = await write_inputs(
                 self.backends,
+                self.folders,
                 {h.task.task_id: h.folder for h in held if h.folder is not None},
                 [h.task for h in held],
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from pyarmonik.compute.folders import TaskFolders
 from pyarmonik.domain.records import Result, Task
 from pyarmonik.scheduling.backends import Backends
 from pyarmonik.storage.objects import ObjectNotFound, read_all
@@ -36,17 +37,24 @@ async def read_inputs(backends: Backends, tasks: list[Task]) -> tuple[dict[str, 
 
 
 async def write_inputs(
-    backends: Backends, folders: dict[str, Path], tasks: list[Task]
+    backends: Backends, slots: TaskFolders, folders: dict[str, Path], tasks: list[Task]
 ) -> dict[str, list[str]]:
-    """Put the payload and inputs of each task in its folder (`folders` by task id), one file
-    per result named by its id; returns, by task id, the inputs found without data.
+    """Put the payload and inputs of each task in its folder (`folders` by task id, taken
+    from `slots`), one file per result named by its id, unless the folder holds it already;
+    returns, by task id, the inputs found without data.
 
     Blobs in the database are read in one query and written out; the others are the object
     storage's `get_file` (the file storage hard-links them: no copy)."""
     opaque, missing = await locate(backends, tasks)
     objects = backends.objects
     inline = objects if isinstance(objects, InlineObjects) else None
-    small = {o for o in opaque.values() if inline is not None and inline.is_inline(o)}
+    wanted = {
+        opaque[i]
+        for task in tasks
+        for i in task.dependencies
+        if i in opaque and not slots.holds(folders[task.task_id], i, opaque[i])
+    }
+    small = {o for o in wanted if inline is not None and inline.is_inline(o)}
     blobs = await _read(backends, list(small)) if small else {}
     absent: dict[str, list[str]] = {}
     for task in tasks:
@@ -54,18 +62,22 @@ async def write_inputs(
             absent[task.task_id] = lacking
 
     async def put(task: Task, result_id: str) -> None:
-        path = folders[task.task_id] / result_id
+        folder = folders[task.task_id]
         opaque_id = opaque[result_id]
+        if slots.holds(folder, result_id, opaque_id):
+            return
         data = blobs.get(opaque_id)
         try:
             if data is None and opaque_id in small:
                 raise ObjectNotFound(result_id)
             if data is None:
-                await objects.get_file(opaque_id, path)
+                await objects.get_file(opaque_id, folder / result_id)
             else:
-                await write_file(path, data)
+                await write_file(folder / result_id, data)
         except ObjectNotFound:  # deleted meanwhile
             absent.setdefault(task.task_id, []).append(result_id)
+            return
+        slots.wrote(folder, result_id, opaque_id)
 
     await asyncio.gather(
         *(
