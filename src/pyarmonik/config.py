@@ -94,9 +94,10 @@ class Settings(BaseSettings):
     # PYARMONIK_PAUSE_IDLE_WORKER=false for a worker that works between tasks.
     pause_idle_worker: bool = True
     # `pyarmonik local` runs its agents this many to a process, sharing the process's
-    # database connection (compute/group.py); 1: a process per agent, as in ArmoniK.
+    # database connection (compute/group.py); 1: a process per agent, as in ArmoniK; None
+    # (the default): a process per agent up to 4 per core, grouped beyond (local.py).
     # PYARMONIK_AGENTS_PER_PROCESS.
-    agents_per_process: int = Field(default=1, ge=1)
+    agents_per_process: int | None = Field(default=None, ge=1)
     log_level: str = "INFO"
     # OpenTelemetry traces over OTLP/gRPC (e.g. http://127.0.0.1:4317); empty: off, unless
     # OTEL_EXPORTER_OTLP_ENDPOINT is set.

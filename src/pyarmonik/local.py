@@ -23,6 +23,18 @@ FUNCTION_WORKER = f"{shlex.quote(sys.executable)} -m pyarmonik.sdk.worker"
 RESTART_FIRST = 1.0
 RESTART_MAX = 30.0
 HEALTHY_AFTER = 60.0
+# Without `agents_per_process`, agents get a process each up to this many processes per core,
+# and are grouped beyond: at 64 agents on 2 cores a process each spent twice the CPU per task
+# (docs/performance.md, "Agents grouped in processes").
+PROCESSES_PER_CORE = 4
+
+
+def agents_per_process(agents: int, configured: int | None) -> int:
+    """How many agents each process of a partition's `agents` runs."""
+    if configured is not None:
+        return configured
+    processes = PROCESSES_PER_CORE * (os.cpu_count() or 1)
+    return max(1, -(-agents // processes))
 
 
 class LocalCluster:
@@ -59,9 +71,9 @@ class LocalCluster:
         # They push ready tasks too: in the same order as the control plane.
         env["PYARMONIK_QUEUE_ORDER"] = self.settings.queue_order
         env["PYARMONIK_PAUSE_IDLE_WORKER"] = str(self.settings.pause_idle_worker).lower()
-        per_process = self.settings.agents_per_process
         for partition in self.settings.partition_list():
             count = partition.agents if partition.agents is not None else self.default_agents
+            per_process = agents_per_process(count, self.settings.agents_per_process)
             for index, first in enumerate(range(0, count, per_process)):
                 command = self._agent_command(partition, index, min(per_process, count - first))
                 self._commands.append(command)

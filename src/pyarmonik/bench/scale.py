@@ -22,6 +22,7 @@ from armonik.common import Task, TaskStatus
 
 from pyarmonik.bench.run import OPTIONS, Cluster, _descendants, _timings, submit_independent
 from pyarmonik.compute.grpc_idle import IDLE_CLOSE
+from pyarmonik.local import agents_per_process
 
 TICKS = os.sysconf("SC_CLK_TCK")
 ROLES = ("agents", "workers", "control")
@@ -30,7 +31,7 @@ ROLES = ("agents", "workers", "control")
 @dataclass
 class ScaleRow:
     agents: int
-    per_process: int | None  # agents per process; None: as configured
+    per_process: int  # agents per process
     tasks: int
     ideal_s: float
     wall_s: float
@@ -127,7 +128,8 @@ def measure(
     extra: list[str],
     per_process: int | None = None,
 ) -> ScaleRow:
-    """One agent count (grouped `per_process` to a process): idle cost, then the tasks."""
+    """One agent count (grouped `per_process` to a process, None: `local`'s default): idle
+    cost, then the tasks."""
     if per_process is not None:
         extra = [*extra, "--agents-per-process", str(per_process)]
     task_seconds = task_ms / 1000
@@ -155,7 +157,7 @@ def measure(
     ideal = tasks * task_seconds / agents
     return ScaleRow(
         agents=agents,
-        per_process=per_process,
+        per_process=agents_per_process(agents, per_process),
         tasks=tasks,
         ideal_s=round(ideal, 2),
         wall_s=round(wall, 2),
@@ -177,7 +179,7 @@ HEADER = (
 def row_line(row: ScaleRow) -> str:
     cpu, idle = row.cpu_ms_per_task, row.idle_core_percent
     cells = [
-        row.agents, row.per_process or "-", row.tasks, row.ideal_s, row.wall_s, f"{row.efficiency:.2f}",
+        row.agents, row.per_process, row.tasks, row.ideal_s, row.wall_s, f"{row.efficiency:.2f}",
         cpu["agents"], cpu["workers"], cpu["control"], row.rss_mb_per_agent,
         idle["agents"], idle["workers"], idle["control"], row.retried,
     ]  # fmt: skip

@@ -335,8 +335,8 @@ def local(
         int | None,
         typer.Option(
             min=1,
-            help="Agents run by one process, sharing its database connection (default 1; "
-            "agents_per_process in --config).",
+            help="Agents run by one process, sharing its database connection (default: a "
+            "process each up to 4 per core, grouped beyond; agents_per_process in --config).",
         ),
     ] = None,
     data_dir: DataDirOption = None,
