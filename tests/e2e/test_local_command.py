@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import grpc
+import pytest
 import yaml
 from armonik.client import (
     ArmoniKEvents,
@@ -97,13 +98,16 @@ def test_config_with_two_partitions_then_ctrl_c_leaves_nothing(tmp_path: Path) -
         time.sleep(0.1)
 
 
-def test_sigterm_lets_the_running_task_finish(tmp_path: Path) -> None:
+@pytest.mark.parametrize("agents", [1, 2], ids=["one agent", "a process of two agents"])
+def test_sigterm_lets_the_running_task_finish(tmp_path: Path, agents: int) -> None:
     cluster = LocalProcess(
         [
             "--port",
             str(free_port()),
             "--agents",
-            "1",
+            str(agents),
+            "--agents-per-process",
+            str(agents),
             "--worker",
             OFFICIAL_WORKER,
             "--data-dir",
