@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pyarmonik.compute.agent import ChangeWaiter
 from pyarmonik.compute.group import ChangeFanout, Changes
 from pyarmonik.domain.statuses import TaskStatus
 from pyarmonik.storage.database import Database
@@ -36,9 +37,10 @@ async def settled(database: Database) -> None:
     await database.wait_for_changes(0.01)
 
 
-async def woken_by(database: Database, write: Awaitable[None]) -> None:
-    """Start waiting, then run `write` (a coroutine); return once the wait returned."""
-    waiter = asyncio.create_task(database.wait_for_changes(FALLBACK))
+async def woken_by(waiter_of: ChangeWaiter, write: Awaitable[None]) -> None:
+    """Start waiting (on a database, or an agent's share of a group's), then run `write` (a
+    coroutine); return once the wait returned."""
+    waiter = asyncio.create_task(waiter_of.wait_for_changes(FALLBACK))
     await asyncio.sleep(0.05)
     assert not waiter.done()
     await write
@@ -197,15 +199,21 @@ async def test_sqlite_wakeups_work_when_the_path_is_long(tmp_path: Path) -> None
 # -- several agents of one process (compute/group.py) ------------------------------------------
 
 
+async def fanout_of_two(database: Database) -> tuple[ChangeFanout, Changes, Changes]:
+    """A fan-out and two agents of it, past their first look (which returns at once)."""
+    fanout = ChangeFanout(database)
+    first, second = fanout.subscribe(), fanout.subscribe()
+    for agent in (first, second):
+        await asyncio.wait_for(agent.wait_for_changes(FALLBACK), 5)
+    await settled(database)
+    return fanout, first, second
+
+
 async def test_a_group_fanout_wakes_every_waiting_agent(
     backend: Backend, database: Database
 ) -> None:
     other = await backend.open()
-    fanout = ChangeFanout(database)
-    first, second = fanout.subscribe(), fanout.subscribe()
-    for agent in (first, second):  # a new agent looks at the queue first: returns at once
-        await asyncio.wait_for(agent.wait_for_changes(FALLBACK), 5)
-    await settled(database)
+    fanout, first, second = await fanout_of_two(database)
     waiters = [asyncio.create_task(agent.wait_for_changes(FALLBACK)) for agent in (first, second)]
     await asyncio.sleep(0.05)
     assert not any(waiter.done() for waiter in waiters) and fanout.listening
@@ -223,20 +231,8 @@ async def test_a_change_that_came_while_an_agent_was_busy_wakes_its_next_wait(
     backend: Backend, database: Database
 ) -> None:
     other = await backend.open()
-    fanout = ChangeFanout(database)
-    waiting, busy = fanout.subscribe(), fanout.subscribe()
-    for agent in (waiting, busy):
-        await agent.wait_for_changes(0)
-    await settled(database)
-    await woken_by_agent(waiting, insert(other, make_task("t1")))
+    fanout, waiting, busy = await fanout_of_two(database)
+    await woken_by(waiting, insert(other, make_task("t1")))
     # `busy` was reading the queue meanwhile: its next wait returns at once, not after 60 s.
     await asyncio.wait_for(busy.wait_for_changes(FALLBACK), 5)
     await fanout.close()
-
-
-async def woken_by_agent(agent: Changes, write: Awaitable[None]) -> None:
-    waiter = asyncio.create_task(agent.wait_for_changes(FALLBACK))
-    await asyncio.sleep(0.05)
-    assert not waiter.done()
-    await write
-    await waiter
