@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     # and continue it for the next task: an idle official worker polls ten times a second.
     # PYARMONIK_PAUSE_IDLE_WORKER=false for a worker that works between tasks.
     pause_idle_worker: bool = True
+    # Workers started by agents run this much nicer than their agent (`nice`): on a busy
+    # machine a write transaction of an agent or the control plane is not held up behind
+    # dozens of workers (docs/performance.md, eleventh session); an idle agent leaves its
+    # worker the whole CPU all the same. 0: the agent's priority. PYARMONIK_WORKER_NICE.
+    worker_nice: int = Field(default=10, ge=0, le=19)
     # `pyarmonik local` runs its agents this many to a process, sharing the process's
     # database connection (compute/group.py); 1: a process per agent, as in ArmoniK; None
     # (the default): a process per agent up to 4 per core, grouped beyond (local.py).

@@ -71,6 +71,7 @@ class LocalCluster:
         # They push ready tasks too: in the same order as the control plane.
         env["PYARMONIK_QUEUE_ORDER"] = self.settings.queue_order
         env["PYARMONIK_PAUSE_IDLE_WORKER"] = str(self.settings.pause_idle_worker).lower()
+        env["PYARMONIK_WORKER_NICE"] = str(self.settings.worker_nice)
         for partition in self.settings.partition_list():
             count = partition.agents if partition.agents is not None else self.default_agents
             per_process = agents_per_process(count, self.settings.agents_per_process)

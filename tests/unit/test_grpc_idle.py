@@ -5,6 +5,7 @@ again for the next call."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import textwrap
@@ -226,7 +227,9 @@ WORKER = textwrap.dedent(
 )
 
 
-async def started_worker(tmp_path: Path, pause_idle: bool = True) -> tuple[WorkerProcess, int]:
+async def started_worker(
+    tmp_path: Path, pause_idle: bool = True, nice: int = 0
+) -> tuple[WorkerProcess, int]:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     process = WorkerProcess(
@@ -235,6 +238,7 @@ async def started_worker(tmp_path: Path, pause_idle: bool = True) -> tuple[Worke
         tmp_path / "agent.sock",
         idle_close=IDLE,
         pause_idle=pause_idle,
+        nice=nice,
     )
     process.agent_api = AgentApi(tmp_path / "agent.sock")
     await process.start()
@@ -282,3 +286,30 @@ async def test_a_paused_worker_is_restarted_like_any_other(tmp_path: Path) -> No
         assert await call == worker_common_pb2.ProcessReply()
     finally:
         await process.close()
+
+
+def niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="niceness read in /proc")
+async def test_the_worker_runs_nicer_than_its_agent_restarted_too(tmp_path: Path) -> None:
+    """`worker_nice`: the worker the agent starts (the official one execs in place of the
+    launcher and the shell) has the agent's niceness plus `nice`, after a restart too."""
+    ours = os.nice(0)
+    if ours + 3 > 19:
+        pytest.skip("this process is already as nice as a process can be")
+    process, pid = await started_worker(tmp_path, pause_idle=False, nice=3)
+    try:
+        assert niceness(pid) == ours + 3
+        process.kill()
+        await process.restart("test")
+        assert process._process is not None and process._process.pid != pid
+        assert niceness(process._process.pid) == ours + 3
+    finally:
+        await process.close()
+    plain, pid = await started_worker(tmp_path, pause_idle=False)
+    try:
+        assert niceness(pid) == ours
+    finally:
+        await plain.close()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pyarmonik.storage.database import wakeups
 from pyarmonik.storage.database.wakeups import MAX_SOCKET_PATH, Wakeups, wake_folder
 
 pytestmark = pytest.mark.timeout(60)
@@ -99,6 +100,47 @@ async def test_a_listener_that_joins_right_after_a_listing_is_notified(tmp_path:
     finally:
         for wakeups in (sender, first, second):
             wakeups.close()
+
+
+@pytest.mark.parametrize(
+    ("mtime_ns", "listed_at_ns", "trusted"),
+    [
+        (1_700_000_000_123_456_789, 1_700_000_000_173_456_789, True),  # 50 ms: past its tick
+        (1_700_000_000_123_456_789, 1_700_000_000_128_456_789, False),  # 5 ms: maybe within
+        (1_700_000_000_000_000_000, 1_700_000_000_500_000_000, False),  # whole seconds only
+        (1_700_000_000_000_000_000, 1_700_000_001_500_000_000, True),
+    ],
+)
+async def test_a_listing_is_trusted_once_the_folder_is_a_tick_old(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mtime_ns: int,
+    listed_at_ns: int,
+    trusted: bool,
+) -> None:
+    """An entry added in the same timestamp tick as the listing leaves the mtime as it was:
+    a listing that young is taken again. Agents rename their socket at every pause and
+    resume: with a one-second window, every commit listed the folder again (4% of an
+    agent's CPU in `bench indep`); the window is now two clock ticks, or a second on a file
+    system that keeps whole seconds."""
+    monkeypatch.setattr(wakeups, "_now_ns", lambda: listed_at_ns)
+    database = tmp_path / "db.sqlite"
+    sender, listener = Wakeups(database, lambda: None), Wakeups(database, Counter())
+    try:
+        assert listener.listen()
+        folder = wake_folder(database)
+        os.utime(folder, ns=(mtime_ns, mtime_ns))
+        assert sender.notify() == 1
+        planted = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        planted.bind(os.fspath(folder / "4244-plantedplant.s"))
+        os.utime(folder, ns=(mtime_ns, mtime_ns))  # as if planted within the same tick
+        try:
+            assert sender.notify() == (1 if trusted else 2)
+        finally:
+            planted.close()
+    finally:
+        sender.close()
+        listener.close()
 
 
 async def test_an_old_listing_is_reused_until_the_folder_changes(tmp_path: Path) -> None:

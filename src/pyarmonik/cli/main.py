@@ -296,6 +296,7 @@ def agent(
         lease=lease,
         data_chunk_max_size=settings.data_chunk_max_size,
         pause_idle_worker=settings.pause_idle_worker,
+        worker_nice=settings.worker_nice,
     )
 
     async def main(stop: asyncio.Event) -> None:

@@ -125,6 +125,8 @@ class AgentSettings:
     batched: bool = True
     # Stop the idle worker until the next task (compute/worker_process.py `_pause`).
     pause_idle_worker: bool = True
+    # Added to the niceness of the worker the agent starts (config.py `worker_nice`).
+    worker_nice: int = 0
 
     @property
     def served(self) -> list[str]:
@@ -186,6 +188,7 @@ class Agent:
             Endpoint.parse(settings.agent_channel or str(self.work_dir / "agent.sock")),
             batch_socket=self.work_dir / "batch.sock" if settings.batched else None,
             pause_idle=settings.pause_idle_worker,
+            nice=settings.worker_nice,
         )
         self.owner_id = ""
         # What the agent waits on for new work: the database, or a group's fan-out of it.

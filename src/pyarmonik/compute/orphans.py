@@ -12,19 +12,21 @@ import os
 import sys
 from collections.abc import Sequence
 
-# argv: parent pid, command... . PR_SET_PDEATHSIG is 1; a parent already gone by then
-# would never send the signal, hence the check after asking.
+# argv: parent pid, niceness increment, command... . PR_SET_PDEATHSIG is 1; a parent
+# already gone by then would never send the signal, hence the check after asking.
 _LAUNCHER = (
     "import ctypes, os, signal, sys\n"
     "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)\n"
     "if os.getppid() != int(sys.argv[1]):\n"
     "    sys.exit(1)\n"
-    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "os.nice(int(sys.argv[2]))\n"
+    "os.execvp(sys.argv[3], sys.argv[3:])\n"
 )
 
 
-def dying_with_parent(command: Sequence[str]) -> list[str]:
-    """`command`, run so that on Linux it gets SIGKILL when this process dies."""
+def dying_with_parent(command: Sequence[str], nice: int = 0) -> list[str]:
+    """`command`, run so that on Linux it gets SIGKILL when this process dies; `nice` is
+    added to its niceness (a lower scheduling priority than ours when positive)."""
     if not sys.platform.startswith("linux"):
-        return list(command)
-    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), *command]
+        return ["nice", "-n", str(nice), *command] if nice else list(command)
+    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), str(nice), *command]

@@ -145,6 +145,7 @@ class WorkerProcess:
         batch_socket: Path | None = None,
         idle_close: float | None = IDLE_CLOSE,
         pause_idle: bool = True,
+        nice: int = 0,
     ):
         self.command = command
         self.worker_endpoint = worker if isinstance(worker, Endpoint) else Endpoint(path=worker)
@@ -165,6 +166,7 @@ class WorkerProcess:
         self._idle = IdleCloser(idle_close or 0.0, self._close_idle)
         self.pause_idle = pause_idle
         self.paused = False  # the worker we started is stopped (SIGSTOP) while idle
+        self.nice = nice  # added to the niceness of the worker we start
 
     def environment(self) -> dict[str, str]:
         variables = {
@@ -313,7 +315,7 @@ class WorkerProcess:
                 self.worker_endpoint.path.unlink(missing_ok=True)
             # `exec`: the worker replaces the shell, so it is the one that dies with us.
             self._process = await asyncio.create_subprocess_exec(
-                *dying_with_parent(["/bin/sh", "-c", f"exec {self.command}"]),
+                *dying_with_parent(["/bin/sh", "-c", f"exec {self.command}"], self.nice),
                 env=self.environment(),
                 start_new_session=True,
             )

@@ -35,8 +35,12 @@ log = logging.getLogger(__name__)
 MAX_SOCKET_PATH = 107
 SUFFIX = ".wake"
 # A folder listing taken while the folder's mtime was this young may miss an entry added in
-# the same timestamp tick (mtime does not change then): such a listing is taken again.
-RACY_NS = 1_000_000_000
+# the same timestamp tick (mtime does not change then): such a listing is taken again. The
+# kernel stamps with its coarse clock, a tick behind at most (10 ms at HZ=100): twice that.
+# A file system that keeps whole seconds only (its mtimes end in nine zeros) gets a second.
+RACY_NS = 20_000_000
+RACY_WHOLE_SECONDS_NS = 1_000_000_000
+_now_ns = time.time_ns  # the wall clock mtimes are on (tests set it)
 PROBE_PAUSED_EVERY = 10.0
 # How long a socket name is: pid and a random part (unique across processes and instances).
 _NAME_LENGTH = len(f"{2**22}-{'0' * 12}.s")
@@ -193,6 +197,7 @@ class Wakeups:
             self._peers, self._paused_peers, self._listed_mtime = [], [], -1
             return self._peers
         if mtime != self._listed_mtime:
+            listed_at = _now_ns()
             try:
                 names = [entry.name for entry in os.scandir(self.folder)]
             except OSError:
@@ -201,7 +206,8 @@ class Wakeups:
             self._paused_peers = [
                 name for name in names if name.endswith(".p") and name != self._paused_name
             ]
-            racy = time.time_ns() - mtime < RACY_NS
+            whole_seconds = mtime % 1_000_000_000 == 0
+            racy = listed_at - mtime < (RACY_WHOLE_SECONDS_NS if whole_seconds else RACY_NS)
             self._listed_mtime = -1 if racy else mtime
         return self._peers
 
