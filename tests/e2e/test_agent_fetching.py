@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 from armonik.client import ArmoniKEvents, ArmoniKResults, ArmoniKSessions, ArmoniKTasks
-from armonik.common import Task, TaskOptions, TaskStatus
+from armonik.common import ResultStatus, Task, TaskOptions, TaskStatus
 
 from tests.helpers import local_cluster, submit_orders
 
@@ -75,3 +75,35 @@ def test_short_tasks_are_taken_and_started_a_window_at_a_time(tmp_path: Path) ->
                 together.get((task.acquired_at, task.started_at), 0) + 1
             )
         assert max(together.values()) >= 2, "every task was started on its own"
+
+
+def test_a_held_task_cancelled_before_its_start_never_completes(tmp_path: Path) -> None:
+    """The start of a task held behind a long one goes with the worker's call: cancelled
+    while held, its start is refused, the call is cancelled, the task ends CANCELLED with
+    its output aborted (nothing the worker did is kept), and the agent goes on."""
+    orders: list[dict[str, object]] = [{"kind": "value", "value": i} for i in range(12)]
+    orders[5] = {"kind": "value", "value": 5, "sleep": LONG}
+    with (
+        local_cluster(tmp_path, agents=1) as cluster,
+        grpc.insecure_channel(cluster.endpoint) as channel,
+    ):
+        session_id = ArmoniKSessions(channel).create_session(OPTIONS)
+        task_ids, output_ids = submit_orders(channel, session_id, orders)
+        tasks, results = ArmoniKTasks(channel), ArmoniKResults(channel)
+        deadline = time.monotonic() + 30
+        while tasks.get_task(task_ids[5]).status != TaskStatus.PROCESSING:
+            assert time.monotonic() < deadline, "the long task did not start"
+            time.sleep(0.05)
+        time.sleep(1.0)  # the window is down to one task, held (DISPATCHED)
+        held = [i for i in task_ids[6:] if tasks.get_task(i).status == TaskStatus.DISPATCHED]
+        assert len(held) == 1, "one task is held behind the long one"
+        tasks.cancel_tasks(held)
+        others = [o for t, o in zip(task_ids, output_ids, strict=True) if t != held[0]]
+        ArmoniKEvents(channel).wait_for_result_availability(others, session_id)
+        for order, task_id, output_id in zip(orders, task_ids, output_ids, strict=True):
+            if task_id == held[0]:
+                assert tasks.get_task(task_id).status == TaskStatus.CANCELLED
+                assert results.get_result(output_id).status == ResultStatus.ABORTED
+            else:
+                value = str(order["value"]).encode()
+                assert results.download_result_data(output_id, session_id) == value
