@@ -654,36 +654,37 @@ class Agent:
             ),
         )
         try:
-            call = await self.worker.process(
-                request,
-                timeout=task.options.max_duration,
-                metadata=tracing.worker_metadata(task) or None,
-            )
-        except BaseException:
-            self.api.context = None
-            if starting is not None:  # ended first: the crash path then finds it as it is
-                with contextlib.suppress(Exception):
-                    await starting
-            raise
-        began = time.monotonic()
-        if starting is not None:
             try:
-                started = await starting
+                call = await self.worker.process(
+                    request,
+                    timeout=task.options.max_duration,
+                    metadata=tracing.worker_metadata(task) or None,
+                )
             except BaseException:
-                call.cancel()
-                self.api.context = None
+                if starting is not None:  # ended first: the crash path then finds it as it is
+                    with contextlib.suppress(Exception):
+                        await starting
                 raise
-            if started is None:
-                call.cancel()
-                self.api.context = None
-                await self._recover_worker(f"task {task.task_id} not started")
-                return Ended(held, "skipped", outcome=context.outcome)
-            held.task = context.task = task = started
-        try:
-            kind, detail = await self._await_unless_cancelled(call, task.task_id)
+            began = time.monotonic()
+            started: Task | None = task
+            if starting is not None:
+                try:
+                    started = await starting
+                except BaseException:
+                    call.cancel()
+                    raise
+                if started is None:
+                    call.cancel()
+                else:
+                    held.task = context.task = task = started
+            if started is not None:
+                kind, detail = await self._await_unless_cancelled(call, task.task_id)
         finally:
-            outcome = context.outcome
             self.api.context = None
+        if started is None:
+            await self._recover_worker(f"task {task.task_id} not started")
+            return Ended(held, "skipped", outcome=context.outcome)
+        outcome = context.outcome
         processed_at = now()
         self._mean_run_seconds = 0.8 * self._mean_run_seconds + 0.2 * (time.monotonic() - began)
         if kind in ("timeout", "cancelled", "crash"):
