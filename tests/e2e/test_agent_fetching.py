@@ -78,9 +78,8 @@ def test_short_tasks_are_taken_and_started_a_window_at_a_time(tmp_path: Path) ->
 
 
 def test_a_held_task_cancelled_before_its_start_never_completes(tmp_path: Path) -> None:
-    """The start of a task held behind a long one goes with the worker's call: cancelled
-    while held, its start is refused, the call is cancelled, the task ends CANCELLED with
-    its output aborted (nothing the worker did is kept), and the agent goes on."""
+    """A task held behind a long one and cancelled while held: its start is refused, the
+    task ends CANCELLED with its output aborted, never run, and the agent goes on."""
     orders: list[dict[str, object]] = [{"kind": "value", "value": i} for i in range(12)]
     orders[5] = {"kind": "value", "value": 5, "sleep": LONG}
     with (

@@ -629,17 +629,14 @@ class Agent:
         bind(session_id=held.task.session_id, task_id=held.task.task_id)
         if self.worker.exited:
             await self._recover_worker("worker exited")
-        # A task not started with its pull is started while the worker receives it: on a busy
-        # machine the start waited for the write lock 40-70 ms at 64 agents, the worker idle
-        # (docs/performance.md, eleventh session). Should the start be refused (the task was
-        # cancelled or paused meanwhile, or taken over), the call is cancelled like a
-        # cancelled task's, and nothing the worker did is kept.
-        starting: asyncio.Task[Task | None] | None = None
-        if held.task.status != TaskStatus.PROCESSING:
-            starting = asyncio.create_task(self.processing.start(held.task, held.fetched_at))
+        if held.task.status != TaskStatus.PROCESSING:  # not started with its pull
+            started = await self.processing.start(held.task, held.fetched_at)
+            if started is None:
+                return Ended(held, "skipped")
+            held.task = started
         task = held.task
         assert held.folder is not None
-        context = self.api.context = TaskContext(held.token, task, held.session, held.folder)
+        self.api.context = TaskContext(held.token, task, held.session, held.folder)
         request = worker_common_pb2.ProcessRequest(
             communication_token=held.token,
             session_id=task.session_id,
@@ -653,38 +650,17 @@ class Agent:
                 data_chunk_max_size=self.settings.data_chunk_max_size
             ),
         )
+        call = await self.worker.process(
+            request,
+            timeout=task.options.max_duration,
+            metadata=tracing.worker_metadata(task) or None,
+        )
+        began = time.monotonic()
         try:
-            try:
-                call = await self.worker.process(
-                    request,
-                    timeout=task.options.max_duration,
-                    metadata=tracing.worker_metadata(task) or None,
-                )
-            except BaseException:
-                if starting is not None:  # ended first: the crash path then finds it as it is
-                    with contextlib.suppress(Exception):
-                        await starting
-                raise
-            began = time.monotonic()
-            started: Task | None = task
-            if starting is not None:
-                try:
-                    started = await starting
-                except BaseException:
-                    call.cancel()
-                    raise
-                if started is None:
-                    call.cancel()
-                else:
-                    held.task = context.task = task = started
-            if started is not None:
-                kind, detail = await self._await_unless_cancelled(call, task.task_id)
+            kind, detail = await self._await_unless_cancelled(call, task.task_id)
         finally:
+            outcome = self.api.context.outcome
             self.api.context = None
-        if started is None:
-            await self._recover_worker(f"task {task.task_id} not started")
-            return Ended(held, "skipped", outcome=context.outcome)
-        outcome = context.outcome
         processed_at = now()
         self._mean_run_seconds = 0.8 * self._mean_run_seconds + 0.2 * (time.monotonic() - began)
         if kind in ("timeout", "cancelled", "crash"):
