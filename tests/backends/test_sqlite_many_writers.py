@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pyarmonik.storage.database import sqlite
 from pyarmonik.storage.database.sqlite import SqliteDatabase
 from pyarmonik.storage.database.writelock import WriteLock
 from tests.backends.test_database import insert, make_task
@@ -102,3 +103,24 @@ async def test_a_paused_process_is_sent_nothing_but_sees_the_commit(tmp_path: Pa
     finally:
         await writer.close()
         await waiter.close()
+
+
+async def test_the_wal_starts_over_while_writers_never_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A checkpoint beside writers that never pause cannot catch up with them: unless the WAL
+    # is restarted, it grows with everything written (hundreds of MB a minute under load).
+    monkeypatch.setattr(sqlite, "CHECKPOINT_EVERY", 0.1)
+    database = SqliteDatabase(tmp_path / "db")
+    await database.start()
+    try:
+        blob, written, count = b"x" * 16384, 0, 0
+        deadline = asyncio.get_running_loop().time() + 3.0
+        while asyncio.get_running_loop().time() < deadline or written < 16 << 20:
+            async with database.write() as repository:
+                await repository.put_blobs([(f"db:{count}".encode(), "", blob)])
+            written, count = written + len(blob), count + 1
+        wal = (tmp_path / "db-wal").stat().st_size
+        assert wal < written / 4, f"WAL of {wal} bytes after {written} bytes written"
+    finally:
+        await database.close()

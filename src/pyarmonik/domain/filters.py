@@ -177,6 +177,9 @@ class SqlDialect(Protocol):
     # Expression: the database's time now, in seconds since the epoch (heartbeats written by
     # many hosts are compared on this one clock).
     clock: str
+    # Whether Repository.insert logs new tasks and results in `changes` (SQLite), rather than
+    # the database's own triggers (PostgreSQL's, which also notify listeners).
+    logs_inserts: bool
 
     def json_text(self, column: str, key: str) -> str:
         """Expression: text at `key` of the JSON object in `column`, NULL when absent."""
@@ -220,6 +223,7 @@ class SqliteDialect:
     # SQLite's LIKE ignores case, GLOB does not; GLOB's wildcards are made literal with [...].
     _GLOB_ESCAPES = str.maketrans({"*": "[*]", "?": "[?]", "[": "[[]"})
     clock = "((julianday('now') - 2440587.5) * 86400.0)"
+    logs_inserts = True
 
     @staticmethod
     def off_index(column: str) -> str:
@@ -251,6 +255,7 @@ class PostgresDialect:
 
     _LIKE_ESCAPES = str.maketrans({"\\": "\\\\", "%": "\\%", "_": "\\_"})
     clock = "(extract(epoch FROM clock_timestamp())::double precision)"
+    logs_inserts = False
 
     @staticmethod
     def off_index(column: str) -> str:

@@ -2,7 +2,7 @@
 
 The agent sends batches of tasks with their payloads and small inputs inline; the worker
 runs them one after the other and answers each with one `done` frame carrying its outputs,
-the results it created and the subtasks it submitted. Result ids are made here (uuid4, as
+the results it created and the subtasks it submitted. Result ids are made here (new_id, as
 the agent would): a task that submits or delegates never waits for the agent.
 
 One thread reads the socket, so that the agent can take back the tasks not started yet

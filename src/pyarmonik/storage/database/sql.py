@@ -165,6 +165,11 @@ def _filter_sql(where: Filter, dialect: SqlDialect) -> tuple[str, list[Any]]:
     return sql, params
 
 
+# The change-log entry of a new record where Repository.insert writes it (SqlDialect.
+# logs_inserts): by table, the Events API's kind, the key column, the owner column if any.
+_INSERT_LOG = {"tasks": (1, "task_id", ""), "results": (3, "result_id", "owner_task_id")}
+
+
 class Repository:
     """Queries over one connection; inside `Database.write()` they share one transaction."""
 
@@ -196,6 +201,14 @@ class Repository:
         await self.connection.executemany(
             sql, [tuple(_encode(c, row[c]) for c in columns) for row in rows]
         )
+        logged = _INSERT_LOG.get(records[0].TABLE) if self.dialect.logs_inserts else None
+        if logged is not None:
+            kind, key, owner = logged
+            await self.connection.executemany(
+                "INSERT INTO changes (at, session_id, kind, entity_id, status, current_owner) "
+                f"VALUES ({self.dialect.clock}, ?, {kind}, ?, ?, ?)",
+                [(r["session_id"], r[key], r["status"], r[owner] if owner else "") for r in rows],
+            )
 
     async def find(self, kind: type[R], where: Where, lock: bool = False) -> list[R]:
         """Records of `kind` matching `where` (chunked on the first IN-list)."""

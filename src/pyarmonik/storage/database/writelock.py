@@ -67,12 +67,15 @@ class WriteLock:
 
     @contextmanager
     def held_in_thread(self) -> Iterator[None]:
-        """Hold the lock for a block that runs in a thread (it blocks until the lock is free)."""
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        """Hold the lock for a block that runs in a thread (it blocks until the lock is free).
+        On a descriptor of its own: `flock` excludes descriptors, not threads, and on ours the
+        thread would share the lock with the loop's writers."""
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
             yield
         finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(descriptor)  # which unlocks it
 
     def release(self) -> None:
         if self.held:

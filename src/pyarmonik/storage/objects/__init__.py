@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
 from pyarmonik.domain.errors import NotFound
+from pyarmonik.domain.ids import time_ordered_uuid
 
 # Size of the pieces in which data is streamed between the ports and gRPC.
 CHUNK_SIZE = 1024 * 1024
@@ -56,8 +56,8 @@ class ObjectStorage(Protocol):
 
 
 def new_opaque_id(owner: str) -> str:
-    """A fresh blob name: `<owner>.<random hex>`, or the random hex alone."""
-    name = uuid.uuid4().hex
+    """A fresh blob name: `<owner>.<hex>`, or the hex alone (time-ordered: domain/ids.py)."""
+    name = time_ordered_uuid().hex
     return f"{owner}.{name}" if owner else name
 
 
