@@ -26,7 +26,8 @@ function s(tag, attrs, ...children) {
 }
 
 const tip = (text) => s("title", {}, text);
-const short = (id) => (id.length > 14 ? id.slice(0, 8) + "…" + id.slice(-4) : id);
+// Ids begin with their creation time (time-ordered GUIDs): the end tells them apart.
+const short = (id) => (id.length > 14 ? id.slice(0, 4) + "…" + id.slice(-8) : id);
 const cls = (status) => "s-" + status.toLowerCase();
 
 // Open a task's page within the GUI (as app.js's links do).
