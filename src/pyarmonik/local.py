@@ -129,7 +129,8 @@ class LocalCluster:
                     agent.send_signal(signal.SIGTERM)
         for agent in self.agents:
             try:
-                await asyncio.wait_for(agent.wait(), 30)
+                async with asyncio.timeout(30):
+                    await agent.wait()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(agent.pid, signal.SIGKILL)

@@ -61,3 +61,17 @@ async def test_each_subscriber_gets_the_changes_after_its_position_once(
         assert [c.entity_id for c in await next_changes(third, 1)] == ["f"]
     finally:
         await feed.stop()
+
+
+async def test_stop_ends_the_feed_when_a_change_arrives_with_the_cancellation(
+    database: Database,
+) -> None:
+    # On Python 3.11 asyncio.wait_for returned when its event was set in the same turn as the
+    # cancellation and dropped the cancellation: the tail went on and stop() waited forever.
+    feed = ChangeFeed(database, poll_interval=30)
+    await feed.start()
+    await asyncio.sleep(0.2)  # the tail waits for a change
+    database._changed.set()  # type: ignore[attr-defined]  # the notification's own effect
+    stopping = asyncio.create_task(feed.stop())
+    done, _ = await asyncio.wait((stopping,), timeout=5)
+    assert stopping in done, "the feed's tail went on after its cancellation"

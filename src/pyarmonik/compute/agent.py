@@ -381,7 +381,8 @@ class Agent:
                 log.exception("handling the message of task %s failed", message.task_id)
                 await self._release_quietly(message)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), 0.5)
+                    async with asyncio.timeout(0.5):
+                        await self._stopping.wait()
                 continue
             if one is not None:
                 held.append(one)
@@ -413,7 +414,8 @@ class Agent:
         queue = self.backends.queue_in_database
         if queue is None or idle >= IDLE_WAIT:  # or a failed pull
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), idle)
+                async with asyncio.timeout(idle):
+                    await self._stopping.wait()
             return
         # Wake-ups wake us for new work (then nobody polls: at 64 idle agents, polls were
         # most of their cost); only messages that become visible with time need a timer.
@@ -446,7 +448,8 @@ class Agent:
         started_ahead = bool(self.reserve) or self._prepared_started
         hold = RESERVE_HOLD if started_ahead else self.settings.prepared_timeout
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._slot_free.wait(), hold)
+            async with asyncio.timeout(hold):
+                await self._slot_free.wait()
             return
         if started_ahead:
             self._mean_run_seconds = max(self._mean_run_seconds, hold)
@@ -766,7 +769,8 @@ class Agent:
                 if not (len(batch) < GROUP_MAX and wait > 0 and self._short_run_in_worker()):
                     break
                 try:
-                    ended = await asyncio.wait_for(self.ended.get(), wait)
+                    async with asyncio.timeout(wait):
+                        ended = await self.ended.get()
                 except TimeoutError:
                     break
             else:

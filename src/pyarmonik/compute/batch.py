@@ -404,7 +404,8 @@ class BatchRunner:
         life.returned = asyncio.get_running_loop().create_future()
         try:
             await life.channel.send({"t": "giveback"})
-            ids = await asyncio.wait_for(asyncio.shield(life.returned), 10)
+            async with asyncio.timeout(10):
+                ids = await asyncio.shield(life.returned)
         except (OSError, RuntimeError, TimeoutError):
             ids = []
         finally:
@@ -458,7 +459,8 @@ class BatchRunner:
         while life.window and self.life is life:
             self._room.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._room.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._room.wait()
 
 
 def _is_uuid(value: Any) -> bool:

@@ -18,6 +18,7 @@ import contextlib
 import logging
 from dataclasses import replace
 
+from pyarmonik.aio import cancel_and_wait
 from pyarmonik.config import Settings
 from pyarmonik.storage.database import Database
 from pyarmonik.storage.factory import open_backends
@@ -66,7 +67,8 @@ class ChangeFanout:
             self._nobody_waits.clear()
             try:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(mark.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await mark.wait()
             finally:
                 self._waiting -= 1
                 if not self._waiting:
@@ -100,9 +102,7 @@ class ChangeFanout:
 
     async def close(self) -> None:
         if self._waiter is not None:
-            self._waiter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._waiter
+            await cancel_and_wait(self._waiter)
 
 
 class Changes:

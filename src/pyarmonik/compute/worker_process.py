@@ -192,7 +192,8 @@ class WorkerProcess:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """A worker connected: it is ours if it greets first and we are waiting for one."""
         try:
-            hello = await asyncio.wait_for(read_frame(reader), 10)
+            async with asyncio.timeout(10):
+                hello = await read_frame(reader)
         except (FrameError, TimeoutError, OSError):
             hello = None
         waiting = self._connected
@@ -345,7 +346,8 @@ class WorkerProcess:
                 raise Unavailable(f"worker did not become healthy within {self.start_timeout:.0f}s")
             if self._connected is not None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self._connected), 0.1)
+                    async with asyncio.timeout(0.1):
+                        await asyncio.shield(self._connected)
             else:
                 await asyncio.sleep(0.1)
 
@@ -398,4 +400,5 @@ class WorkerProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(process.wait(), 10)
+                async with asyncio.timeout(10):
+                    await process.wait()

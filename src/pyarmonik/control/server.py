@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -24,6 +23,7 @@ from armonik.protogen.client import (
     versions_service_pb2_grpc,
 )
 
+from pyarmonik.aio import cancel_and_wait
 from pyarmonik.config import Settings
 from pyarmonik.control.auth import Authenticator, AuthInterceptor
 from pyarmonik.control.events import Events
@@ -253,10 +253,7 @@ class ControlPlane:
 
     async def stop(self, grace: float = 2.0) -> None:
         for background in (self._pusher, self._memory, self._agents):
-            if background is not None:
-                background.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await background
+            await cancel_and_wait(background)
         self._pusher = self._memory = self._agents = None
         if self.http is not None:
             await self.http.stop()

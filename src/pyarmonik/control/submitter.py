@@ -20,6 +20,7 @@ from armonik.protogen.client.submitter_service_pb2_grpc import SubmitterServicer
 from armonik.protogen.common import objects_pb2, results_common_pb2
 from armonik.protogen.common import submitter_common_pb2 as pb
 
+from pyarmonik.aio import cancel_and_wait
 from pyarmonik.control.convert import optional_options
 from pyarmonik.control.errors import rpc
 from pyarmonik.control.isolation import SessionGuard
@@ -525,7 +526,8 @@ class Submitter(SubmitterServicer):  # type: ignore[misc]
 
         async def changed() -> None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), POLL)
+                async with asyncio.timeout(POLL):
+                    await event.wait()
             event.clear()
             await asyncio.sleep(COALESCE)
 
@@ -534,9 +536,7 @@ class Submitter(SubmitterServicer):  # type: ignore[misc]
             yield changed
         finally:
             subscription.close()
-            pumping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pumping
+            await cancel_and_wait(pumping)
 
 
 def _count_reply(counts: dict[int, int]) -> objects_pb2.Count:

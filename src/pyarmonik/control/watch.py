@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 from armonik.protogen.common import results_common_pb2 as pb
 
+from pyarmonik.aio import cancel_and_wait
 from pyarmonik.domain.errors import InvalidArgument
 from pyarmonik.domain.records import Result
 from pyarmonik.domain.statuses import ResultStatus
@@ -165,6 +166,5 @@ class ResultWatcher:
         finally:
             subscription.close()
             for worker in workers:
-                worker.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await worker
+                with contextlib.suppress(Exception):
+                    await cancel_and_wait(worker)

@@ -8,12 +8,12 @@ change after that position reaches it, nothing before it is duplicated (DESIGN Â
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import IntEnum
 
+from pyarmonik.aio import cancel_and_wait
 from pyarmonik.domain.records import Row
 from pyarmonik.storage.database import Database
 
@@ -95,10 +95,8 @@ class ChangeFeed:
         self._task = asyncio.create_task(self._tail(), name="change-feed")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def subscribe(self, session_id: str) -> Subscription:
         """Register a subscriber; its `after` is the log position its snapshot must follow."""

@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 from asyncpg.transaction import Transaction
 
+from pyarmonik.aio import cancel_and_wait
 from pyarmonik.domain.errors import Unavailable
 from pyarmonik.domain.filters import POSTGRES_DIALECT
 from pyarmonik.domain.records import Row
@@ -37,6 +38,7 @@ from pyarmonik.storage.database.sql import Repository
 log = logging.getLogger(__name__)
 
 CHANNEL = "pyarmonik_changes"
+CLOSE_TIMEOUT = 10.0  # seconds close() waits for the pool's connections
 
 # Text columns sort by code point, like SQLite and Python, whatever the database's locale.
 _TABLES = """
@@ -434,13 +436,17 @@ class PostgresDatabase:
             raise
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        await cancel_and_wait(self._listener)
+        self._listener = None
         if self._pool is not None:
-            await self._pool.close()
+            # close() waits for every connection to come back: one never released (a bug,
+            # a call stuck on the network) must not hang a shutdown.
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self._pool.close()
+            except TimeoutError:
+                log.warning("PostgreSQL pool: connections still in use after %ss", CLOSE_TIMEOUT)
+                self._pool.terminate()
             self._pool = None
 
     @staticmethod
@@ -594,7 +600,8 @@ class PostgresDatabase:
         if self._listener is None:
             self._listener = asyncio.create_task(self._keep_listening(), name="pg-listen")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
         self._changed.clear()
 
     def _notified(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:

@@ -469,7 +469,8 @@ class SqliteDatabase:
             wrote.cancel()
             closing.cancel()
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), CHECKPOINT_EVERY)
+                async with asyncio.timeout(CHECKPOINT_EVERY):
+                    await self._closing.wait()
                 return
             if not _checkpoint_turn(self.write_lock.path.with_suffix(".ckpt")):
                 continue  # another process did one lately; ours stays due
@@ -570,7 +571,8 @@ class SqliteDatabase:
                 self._changed.set()  # committed while we did not listen: look again first
         try:
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait()
         finally:
             # Between two waits the caller is busy reading: other processes' commits are
             # not even sent to us (wakeups.py); the next wait learns of them from SQLite.

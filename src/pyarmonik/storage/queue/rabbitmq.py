@@ -304,11 +304,11 @@ class RabbitQueue:
                 # Declaring and counting wait for a lost connection without end: bounded by
                 # what is left of `reconnect_for`, as the retries are.
                 left = max(deadline - loop.time(), 0.1)
-                queue = await asyncio.wait_for(self._queue(partition_id), left)
+                async with asyncio.timeout(left):
+                    queue = await self._queue(partition_id)
                 left = max(deadline - loop.time(), 0.1)
-                bodies = await asyncio.wait_for(
-                    self._bodies(queue, partition_id, messages, session_id), left
-                )
+                async with asyncio.timeout(left):
+                    bodies = await self._bodies(queue, partition_id, messages, session_id)
                 await self._publish(self.queue_name(partition_id), bodies)
                 return
             except (
@@ -325,9 +325,8 @@ class RabbitQueue:
                     raise Unavailable(f"publishing to {self._where} failed: {exc}") from exc
                 log.warning("publishing to %s failed (%s); retrying", self._where, exc)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        connection.connected.wait(), max(deadline - loop.time(), 0.0)
-                    )
+                    async with asyncio.timeout(max(deadline - loop.time(), 0.0)):
+                        await connection.connected.wait()
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
 
@@ -500,7 +499,8 @@ class RabbitQueue:
                 return []
             consumer.arrived.clear()
             try:
-                await asyncio.wait_for(consumer.arrived.wait(), self.pull_wait)
+                async with asyncio.timeout(self.pull_wait):
+                    await consumer.arrived.wait()
             except TimeoutError:
                 return []
         pulled: list[QueueMessage] = []
