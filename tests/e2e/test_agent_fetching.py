@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import grpc
@@ -106,3 +107,38 @@ def test_a_held_task_cancelled_before_its_start_never_completes(tmp_path: Path) 
             else:
                 value = str(order["value"]).encode()
                 assert results.download_result_data(output_id, session_id) == value
+
+
+def test_the_next_task_starts_while_the_one_before_runs_and_never_runs_twice(
+    tmp_path: Path,
+) -> None:
+    """One agent, tasks of 0.3 s (one at a time ahead, not started with their pull): the next
+    task's start is committed before the running task ends (its start stamp comes before the
+    previous task's end of processing). Behind a task longer than predicted, the task
+    started ahead is given back and held again unstarted. Every task runs once."""
+    orders: list[dict[str, object]] = [
+        {"kind": "value", "value": i, "sleep": 0.3} for i in range(10)
+    ]
+    orders[6] = {"kind": "value", "value": 6, "sleep": LONG}
+    with one_agent_running(tmp_path, orders) as (channel, session_id, task_ids, output_ids):
+        tasks = ArmoniKTasks(channel)
+        deadline = time.monotonic() + 30
+        while tasks.get_task(task_ids[6]).status != TaskStatus.PROCESSING:
+            assert time.monotonic() < deadline, "the long task did not start"
+            time.sleep(0.05)
+        time.sleep(1.0)  # past the hold of a task started ahead, before the long task ends
+        counts = tasks.count_tasks_by_status(Task.session_id == session_id)
+        assert counts.get(TaskStatus.PROCESSING) == 1, counts
+        assert counts.get(TaskStatus.DISPATCHED) == 1, f"T7 is held, not started: {counts}"
+        ArmoniKEvents(channel).wait_for_result_availability(output_ids, session_id)
+        details = [tasks.get_task(task_id) for task_id in task_ids]
+    assert all(t.status == TaskStatus.COMPLETED for t in details)
+    assert all(not t.retry_of_ids for t in details), "no task ran twice"
+    ahead = [
+        after.id
+        for before, after in pairwise(details[:6])
+        if after.started_at is not None
+        and before.processed_at is not None
+        and after.started_at < before.processed_at
+    ]
+    assert ahead, "no task was started while the one before it ran"

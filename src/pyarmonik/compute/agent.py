@@ -87,6 +87,12 @@ WINDOW_SECONDS = 0.02
 MAX_AHEAD = 16
 SHORT_TASK = 0.05
 RESERVE_HOLD = 0.2
+# A prepared task not started with its pull is started while the task before it runs, this
+# many times the smoothed commit time of a start before that task's predicted end: a start
+# waits for the write lock (most of a 0.2 s task's overhead at 64 agents), and the commit
+# still comes before the call, so that an attempt runs at most once.
+START_LEAD = 0.05
+START_MARGIN = 2.0
 COMMIT_MAX = 512  # successes committed in one transaction
 # A short success waits this long for the next one to commit with it (official workers).
 GROUP_WAIT = 0.02
@@ -146,6 +152,8 @@ class Held:
     fetched_at: float = 0.0
     prepared_at: float = 0.0
     forgotten: bool = False
+    # Its start committed ahead, while the task before it runs (see `_start_ahead_at`).
+    starting: asyncio.Task[bool] | None = None
 
 
 @dataclass
@@ -199,7 +207,11 @@ class Agent:
         self._running: Running | None = None
         self._executing = False  # the run stage has a task in hand
         self._queue_was_empty = True
-        self._prepared_started = False  # the prepared task was started with its pull
+        self._prepared_started = False  # the prepared task was started (with its pull, ahead)
+        self._prepared_held: Held | None = None
+        self._running_since: float | None = None  # loop time the worker's current call began
+        # Seconds a start (DISPATCHED → PROCESSING) takes to commit, smoothed.
+        self._start_seconds = START_LEAD
         # Seconds of a task in the worker, smoothed; the window starts at one task.
         self._mean_run_seconds = SHORT_TASK
         self.served = settings.served
@@ -367,6 +379,7 @@ class Agent:
 
     def _prepare(self, held: Held) -> None:
         self._prepared_started = held.task.status == TaskStatus.PROCESSING
+        self._prepared_held = held
         self.prepared.put_nowait(held)
 
     async def _take_in(self, messages: list[QueueMessage], taken: dict[str, Acquisition]) -> None:
@@ -446,6 +459,13 @@ class Agent:
         if self.prepared.empty():  # taken meanwhile
             return
         started_ahead = bool(self.reserve) or self._prepared_started
+        if not started_ahead and (at := self._start_ahead_at()) is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(at):
+                    await self._slot_free.wait()
+                return
+            await self._start_prepared_ahead()
+            return  # started: held from now on as what started with its pull
         hold = RESERVE_HOLD if started_ahead else self.settings.prepared_timeout
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(hold):
@@ -456,6 +476,40 @@ class Agent:
         await self._give_back_reserve()
         if self._prepared_started or not started_ahead:
             await self._give_back_prepared()
+
+    def _start_ahead_at(self) -> float | None:
+        """When (loop time) to start the prepared task ahead: its start's predicted commit
+        time before the running task's predicted end; None while the worker is not running,
+        once tried, or when the running task is past its predicted end (a long one: what
+        started now would wait behind it and be given back)."""
+        held = self._prepared_held
+        if self._running_since is None or held is None or held.starting is not None:
+            return None
+        end = self._running_since + self._mean_run_seconds
+        if asyncio.get_running_loop().time() > end:
+            return None
+        return end - START_MARGIN * self._start_seconds
+
+    async def _start_prepared_ahead(self) -> None:
+        held = self._prepared_held
+        if held is None or held.starting is not None or self.prepared.empty():
+            return
+        held.starting = asyncio.create_task(self._start(held))
+        await asyncio.wait((held.starting,))  # its failure is for the run stage to handle
+        if held is self._prepared_held and not held.starting.exception():
+            self._prepared_started = held.starting.result()
+
+    async def _start(self, held: Held) -> bool:
+        """DISPATCHED → PROCESSING, before the worker is called; False when the task was
+        paused or cancelled meanwhile."""
+        assert self.processing is not None
+        began = time.monotonic()
+        started = await self.processing.start(held.task, held.fetched_at)
+        self._start_seconds = 0.8 * self._start_seconds + 0.2 * (time.monotonic() - began)
+        if started is None:
+            return False
+        held.task = started
+        return True
 
     async def _pull(
         self, count: int, start: bool = False
@@ -591,16 +645,19 @@ class Agent:
         await self._give_back(*reserve)
 
     async def _give_back_prepared(self) -> None:
+        self._prepared_held = None
         while not self.prepared.empty():
             held = self.prepared.get_nowait()
             if held is not None:
                 await self._give_back(held)
 
     async def _give_back(self, *held: Held) -> None:
-        """Release tasks acquired but not started: SUBMITTED again, messages visible again."""
+        """Release tasks acquired but not run: SUBMITTED again, messages visible again."""
         assert self.processing is not None
         if not held:
             return
+        if starting := [h.starting for h in held if h.starting is not None]:
+            await asyncio.wait(starting)  # a start landing after the release would be lost
         try:
             await self.processing.release([h.task for h in held])
             await self.backends.queue.release([h.message for h in held])
@@ -614,6 +671,7 @@ class Agent:
     async def _run_loop(self) -> None:
         try:
             while (held := await self.prepared.get()) is not None:
+                self._prepared_held = None
                 self._slot_free.set()
                 self._executing = True
                 try:
@@ -632,11 +690,12 @@ class Agent:
         bind(session_id=held.task.session_id, task_id=held.task.task_id)
         if self.worker.exited:
             await self._recover_worker("worker exited")
-        if held.task.status != TaskStatus.PROCESSING:  # not started with its pull
-            started = await self.processing.start(held.task, held.fetched_at)
-            if started is None:
-                return Ended(held, "skipped")
-            held.task = started
+        if held.starting is not None:  # started ahead (or starting)
+            started = await held.starting
+        else:  # unless started with its pull
+            started = held.task.status == TaskStatus.PROCESSING or await self._start(held)
+        if not started:
+            return Ended(held, "skipped")
         task = held.task
         assert held.folder is not None
         self.api.context = TaskContext(held.token, task, held.session, held.folder)
@@ -653,6 +712,7 @@ class Agent:
                 data_chunk_max_size=self.settings.data_chunk_max_size
             ),
         )
+        self._running_since = asyncio.get_running_loop().time()
         call = await self.worker.process(
             request,
             timeout=task.options.max_duration,
@@ -662,6 +722,7 @@ class Agent:
         try:
             kind, detail = await self._await_unless_cancelled(call, task.task_id)
         finally:
+            self._running_since = None
             outcome = self.api.context.outcome
             self.api.context = None
         processed_at = now()
