@@ -40,6 +40,14 @@ def one_agent_running(tmp_path: Path, orders: list[dict[str, object]]) -> Iterat
             assert results.download_result_data(output_id, session_id) == value
 
 
+def wait_until_processing(tasks: ArmoniKTasks, task_id: str) -> None:
+    """Until the (long) task is PROCESSING; fails after 30 s."""
+    deadline = time.monotonic() + 30
+    while tasks.get_task(task_id).status != TaskStatus.PROCESSING:
+        assert time.monotonic() < deadline, "the long task did not start"
+        time.sleep(0.05)
+
+
 def test_behind_a_long_task_only_the_prepared_one_stays_held(tmp_path: Path) -> None:
     """One agent: the window grows as the first tasks prove short; once T5 (long) has run
     past the hold, what was taken after it is back in the queue but one task, DISPATCHED
@@ -48,10 +56,7 @@ def test_behind_a_long_task_only_the_prepared_one_stays_held(tmp_path: Path) -> 
     orders[5] = {"kind": "value", "value": 5, "sleep": LONG}
     with one_agent_running(tmp_path, orders) as (channel, session_id, task_ids, _):
         tasks = ArmoniKTasks(channel)
-        deadline = time.monotonic() + 30
-        while tasks.get_task(task_ids[5]).status != TaskStatus.PROCESSING:
-            assert time.monotonic() < deadline, "the long task did not start"
-            time.sleep(0.05)
+        wait_until_processing(tasks, task_ids[5])
         time.sleep(1.0)  # well past the reserve's hold, well before the long task ends
         counts = tasks.count_tasks_by_status(Task.session_id == session_id)
         assert counts.get(TaskStatus.PROCESSING) == 1, counts
@@ -90,10 +95,7 @@ def test_a_held_task_cancelled_before_its_start_never_completes(tmp_path: Path) 
         session_id = ArmoniKSessions(channel).create_session(OPTIONS)
         task_ids, output_ids = submit_orders(channel, session_id, orders)
         tasks, results = ArmoniKTasks(channel), ArmoniKResults(channel)
-        deadline = time.monotonic() + 30
-        while tasks.get_task(task_ids[5]).status != TaskStatus.PROCESSING:
-            assert time.monotonic() < deadline, "the long task did not start"
-            time.sleep(0.05)
+        wait_until_processing(tasks, task_ids[5])
         time.sleep(1.0)  # the window is down to one task, held (DISPATCHED)
         held = [i for i in task_ids[6:] if tasks.get_task(i).status == TaskStatus.DISPATCHED]
         assert len(held) == 1, "one task is held behind the long one"
@@ -122,10 +124,7 @@ def test_the_next_task_starts_while_the_one_before_runs_and_never_runs_twice(
     orders[6] = {"kind": "value", "value": 6, "sleep": LONG}
     with one_agent_running(tmp_path, orders) as (channel, session_id, task_ids, output_ids):
         tasks = ArmoniKTasks(channel)
-        deadline = time.monotonic() + 30
-        while tasks.get_task(task_ids[6]).status != TaskStatus.PROCESSING:
-            assert time.monotonic() < deadline, "the long task did not start"
-            time.sleep(0.05)
+        wait_until_processing(tasks, task_ids[6])
         time.sleep(1.0)  # past the hold of a task started ahead, before the long task ends
         counts = tasks.count_tasks_by_status(Task.session_id == session_id)
         assert counts.get(TaskStatus.PROCESSING) == 1, counts
