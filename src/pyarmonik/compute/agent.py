@@ -87,10 +87,11 @@ WINDOW_SECONDS = 0.02
 MAX_AHEAD = 16
 SHORT_TASK = 0.05
 RESERVE_HOLD = 0.2
-# A prepared task not started with its pull is started while the task before it runs, this
-# many times the smoothed commit time of a start before that task's predicted end: a start
-# waits for the write lock (most of a 0.2 s task's overhead at 64 agents), and the commit
-# still comes before the call, so that an attempt runs at most once.
+# A prepared task not started with its pull is started while the task before it runs,
+# START_MARGIN times the smoothed commit time of a start (first guess: START_LEAD seconds)
+# before that task's predicted end: a start waits for the write lock (most of a 0.2 s task's
+# overhead at 64 agents), and the commit still comes before the call, so that an attempt
+# runs at most once.
 START_LEAD = 0.05
 START_MARGIN = 2.0
 COMMIT_MAX = 512  # successes committed in one transaction
@@ -207,8 +208,7 @@ class Agent:
         self._running: Running | None = None
         self._executing = False  # the run stage has a task in hand
         self._queue_was_empty = True
-        self._prepared_started = False  # the prepared task was started (with its pull, ahead)
-        self._prepared_held: Held | None = None
+        self._prepared_held: Held | None = None  # what `prepared` holds, if anything
         self._running_since: float | None = None  # loop time the worker's current call began
         # Seconds a start (DISPATCHED → PROCESSING) takes to commit, smoothed.
         self._start_seconds = START_LEAD
@@ -378,7 +378,6 @@ class Agent:
         return window_size(self._mean_run_seconds, MAX_AHEAD)
 
     def _prepare(self, held: Held) -> None:
-        self._prepared_started = held.task.status == TaskStatus.PROCESSING
         self._prepared_held = held
         self.prepared.put_nowait(held)
 
@@ -477,6 +476,12 @@ class Agent:
         if self._prepared_started or not started_ahead:
             await self._give_back_prepared()
 
+    @property
+    def _prepared_started(self) -> bool:
+        """The prepared task was started (with its pull, or ahead)."""
+        held = self._prepared_held
+        return held is not None and held.task.status == TaskStatus.PROCESSING
+
     def _start_ahead_at(self) -> float | None:
         """When (loop time) to start the prepared task ahead: its start's predicted commit
         time before the running task's predicted end; None while the worker is not running,
@@ -496,8 +501,6 @@ class Agent:
             return
         held.starting = asyncio.create_task(self._start(held))
         await asyncio.wait((held.starting,))  # its failure is for the run stage to handle
-        if held is self._prepared_held and not held.starting.exception():
-            self._prepared_started = held.starting.result()
 
     async def _start(self, held: Held) -> bool:
         """DISPATCHED → PROCESSING, before the worker is called; False when the task was
