@@ -22,6 +22,7 @@ from armonik.protogen.worker.agent_service_pb2_grpc import (
     AgentServicer,
     add_AgentServicer_to_server,
 )
+from armonik.protogen.worker.worker_service_pb2_grpc import WorkerStub
 
 from pyarmonik.bench.run import WORKER
 from pyarmonik.compute.worker_process import WorkerProcess
@@ -47,7 +48,9 @@ async def _pair(tasks: int, folder: Path, report: TextIO) -> float:
     await server.start()
     worker = WorkerProcess(WORKER, folder / "worker.sock", agent_socket)
     await worker.start()
-    assert worker.stub is not None
+    # grpcio's own client, as the ceiling was defined (the agent's leaner one: lean_grpc.py).
+    channel = grpc.aio.insecure_channel(f"unix://{folder / 'worker.sock'}")
+    stub = WorkerStub(channel)
     (folder / "payload").write_bytes(b"indep")
     request = worker_common_pb2.ProcessRequest(
         communication_token="ceiling",
@@ -63,10 +66,11 @@ async def _pair(tasks: int, folder: Path, report: TextIO) -> float:
         request.task_id = f"task{index}"
         del request.expected_output_keys[:]
         request.expected_output_keys.append(f"out{index}")
-        reply = await worker.stub.Process(request)
+        reply = await stub.Process(request)
         if reply.output.WhichOneof("type") != "ok":
             raise RuntimeError(f"the worker failed a task: {reply.output}")
     seconds = time.perf_counter() - start
+    await channel.close()
     await worker.stop()
     await server.stop(None)
     return seconds

@@ -34,11 +34,12 @@ import aiohttp
 import grpc
 from aiohttp import web
 from armonik.protogen.common import objects_pb2, worker_common_pb2
-from armonik.protogen.worker.agent_service_pb2_grpc import add_AgentServicer_to_server
+from armonik.protogen.worker import agent_service_pb2
 
 from pyarmonik.compute.agent_api import AgentApi, TaskContext
 from pyarmonik.compute.folders import TaskFolders
 from pyarmonik.compute.inputs import write_inputs
+from pyarmonik.compute.lean_grpc import RpcError, Server, methods_of
 from pyarmonik.compute.worker_process import Endpoint, WorkerProcess
 from pyarmonik.control.convert import options_to_message
 from pyarmonik.domain.errors import ArmoniKError, NotFound, Unavailable
@@ -162,7 +163,7 @@ class Running:
     """The task whose Worker.Process call is under way."""
 
     task_id: str
-    call: grpc.aio.UnaryUnaryCall
+    call: asyncio.Task[worker_common_pb2.ProcessReply]
     cancelled: bool = False
 
 
@@ -248,22 +249,18 @@ class Agent:
         await self.worker.start()
         log.info("agent %s serving partitions %s", self.owner_id, ", ".join(self.served))
 
-    async def _serve_api(self) -> grpc.aio.Server:
+    async def _serve_api(self) -> Server:
         """Start the Agent API server for the worker (again, after an idle pause)."""
-        # No SO_REUSEPORT: a second agent given the same TCP port must fail, not share it.
-        server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", -1), ("grpc.so_reuseport", 0)]
-        )
-        add_AgentServicer_to_server(self.api, server)
+        service = agent_service_pb2.DESCRIPTOR.services_by_name["Agent"]
+        server = Server(methods_of(self.api, service))
         endpoint = self.worker.agent_endpoint
         if endpoint.path is not None:
             endpoint.path.unlink(missing_ok=True)
-        try:
-            port = server.add_insecure_port(endpoint.target)
-        except RuntimeError as error:  # grpc's "failed to bind"
+        try:  # no SO_REUSEPORT: a second agent given the same TCP port fails, not shares it
+            port = await server.start(endpoint.target)
+        except OSError as error:
             raise Unavailable(f"cannot serve the Agent API on {endpoint}: {error}") from error
         self.worker.agent_endpoint = endpoint.with_port(port)
-        await server.start()
         return server
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -748,7 +745,7 @@ class Agent:
                 pause = min(pause * 2, 30.0)
 
     async def _await_unless_cancelled(
-        self, call: grpc.aio.UnaryUnaryCall, task_id: str
+        self, call: asyncio.Task[worker_common_pb2.ProcessReply], task_id: str
     ) -> tuple[str, str]:
         """Await the worker's reply; `_watch_cancellations` cancels the call meanwhile if the
         task or its session is cancelled."""
@@ -763,7 +760,7 @@ class Agent:
             if running.cancelled:
                 return "cancelled", "Task was cancelled"
             return "crash", "Worker call was cancelled"
-        except grpc.aio.AioRpcError as error:
+        except RpcError as error:
             if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 return "timeout", "Deadline exceeded (max_duration)"
             if running.cancelled:

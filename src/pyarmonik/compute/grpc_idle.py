@@ -1,15 +1,12 @@
-"""gRPC only while the worker is used: an idle agent keeps no channel and no server, so that
-gRPC stops its threads (issue 14: what idle agents cost).
+"""The link to the worker only while it is used: an idle agent keeps no channel and no Agent
+API server, and the official worker it started is paused (issue 14: what idle agents cost).
 
-Why: as long as a process holds a gRPC channel or server, gRPC's C-core keeps threads that
-wake several times a second with nothing to do. Its event engine looks at each shard of its
-timer list at least once a second (2 shards per core, each at its own phase once timers have
-been used), and each look hands a closure to its thread pool, which wakes one more thread;
-the pool's lifeguard and iomgr's timer thread wake every second too. That is about 10
-wake-ups a second per agent, 3.5% of a core for 64 idle agents on 2 cores. No setting changes
-those periods (they are constants of gRPC's source, not environment variables, experiments or
-channel arguments). Once a process has closed its last channel and server, gRPC shuts down
-and its threads exit; the next channel or server starts them again.
+Why: the official Python worker's gRPC server polls ten times a second while it waits; a
+paused (SIGSTOP) worker costs nothing, and a worker is paused only once nothing of ours talks
+to it. The agent's side of the link used to be grpcio, whose C-core keeps threads waking
+several times a second as long as a process holds a channel or server (its timer shards, its
+thread pool's lifeguard): closing both let gRPC stop them. The link is now compute/
+lean_grpc.py (plain asyncio: nothing wakes while idle), and the close remains the pause's cue.
 
 So the agent's channel to its worker and its Agent API server are closed together after
 IDLE_CLOSE seconds without a call to the worker, and opened again for the next one. The

@@ -18,16 +18,38 @@ from urllib.parse import urlsplit
 
 import grpc
 from armonik.protogen.common import objects_pb2, worker_common_pb2
-from armonik.protogen.worker.worker_service_pb2_grpc import WorkerStub
 
 from pyarmonik.compute.frames import SOCKET_VARIABLE, VERSION, Frame, FrameError, encode, read_frame
 from pyarmonik.compute.grpc_idle import IDLE_CLOSE, IdleCloser
+from pyarmonik.compute.lean_grpc import Channel, RpcError, Server
 from pyarmonik.compute.orphans import dying_with_parent
 from pyarmonik.domain.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
 SERVING = worker_common_pb2.HealthCheckReply.SERVING
+WORKER_SERVICE = "/armonik.api.grpc.v1.worker.Worker"
+
+
+class WorkerStub:
+    """The two calls the agent makes to its worker (compute/lean_grpc.py, not grpcio)."""
+
+    def __init__(self, channel: Channel):
+        self.channel = channel
+
+    async def Process(
+        self, request: worker_common_pb2.ProcessRequest, timeout: float | None, metadata: Any = None
+    ) -> worker_common_pb2.ProcessReply:
+        return await self.channel.unary(
+            f"{WORKER_SERVICE}/Process", request, worker_common_pb2.ProcessReply, timeout, metadata
+        )
+
+    async def HealthCheck(
+        self, request: objects_pb2.Empty, timeout: float | None
+    ) -> worker_common_pb2.HealthCheckReply:
+        return await self.channel.unary(
+            f"{WORKER_SERVICE}/HealthCheck", request, worker_common_pb2.HealthCheckReply, timeout
+        )
 
 
 @dataclass(frozen=True)
@@ -155,13 +177,13 @@ class WorkerProcess:
         self.start_timeout = start_timeout
         self.restarts = 0
         self._process: asyncio.subprocess.Process | None = None
-        self._channel: grpc.aio.Channel | None = None
+        self._channel: Channel | None = None
         self.stub: WorkerStub | None = None
         self.batch: BatchChannel | None = None
         self._batch_server: asyncio.Server | None = None
         self._connected: asyncio.Future[BatchChannel] | None = None
-        self.agent_api: Callable[[], Awaitable[grpc.aio.Server]] | None = None
-        self._api_server: grpc.aio.Server | None = None
+        self.agent_api: Callable[[], Awaitable[Server]] | None = None
+        self._api_server: Server | None = None
         self._grpc_lock = asyncio.Lock()  # opening and closing gRPC, one at a time
         self._idle = IdleCloser(idle_close or 0.0, self._close_idle)
         self.pause_idle = pause_idle
@@ -221,26 +243,19 @@ class WorkerProcess:
                 self._api_server = await self.agent_api()
             stub = self.stub
             if stub is None:
-                self._channel = grpc.aio.insecure_channel(
-                    self.worker_endpoint.target,
-                    # A failed Process call is the agent's to retry (as a new attempt), never
-                    # gRPC's; without the retry machinery each call costs less. A worker on
-                    # TCP is reached directly, never through an http_proxy of the environment.
-                    options=[
-                        ("grpc.enable_retries", 0),
-                        ("grpc.max_receive_message_length", -1),
-                        ("grpc.enable_http_proxy", 0),
-                    ],
-                )
+                # A failed Process call is the agent's to retry (as a new attempt), never the
+                # channel's; a worker on TCP is reached directly, never through a proxy.
+                self._channel = Channel(self.worker_endpoint.target)
                 stub = self.stub = WorkerStub(self._channel)
             return stub
 
     async def process(
         self, request: worker_common_pb2.ProcessRequest, timeout: float, metadata: Any = None
-    ) -> grpc.aio.UnaryUnaryCall:
-        """Start the worker's Process call (gRPC is not closed while it runs)."""
+    ) -> asyncio.Task[worker_common_pb2.ProcessReply]:
+        """Start the worker's Process call (gRPC is not closed while it runs): the call's
+        task, which raises RpcError when the call fails (cancelling it cancels the call)."""
         stub = await self.open()
-        call: grpc.aio.UnaryUnaryCall = stub.Process(request, timeout=timeout, metadata=metadata)
+        call = asyncio.create_task(stub.Process(request, timeout=timeout, metadata=metadata))
         if self._idles:
             self._idle.begin()
             call.add_done_callback(self._idle.end)
@@ -339,7 +354,7 @@ class WorkerProcess:
                 reply = await self.stub.HealthCheck(objects_pb2.Empty(), timeout=2.0)
                 if reply.status == SERVING:
                     return
-            except grpc.aio.AioRpcError as error:
+            except RpcError as error:
                 if error.code() == grpc.StatusCode.UNIMPLEMENTED:
                     return
             if asyncio.get_running_loop().time() > deadline:
