@@ -164,6 +164,18 @@ def test_thousand_tasks_every_output_verified(channel: grpc.Channel) -> None:
     assert counts == {TaskStatus.COMPLETED: 1000}
 
 
+def test_an_output_notified_before_it_is_written_is_not_found(channel: grpc.Channel) -> None:
+    """The agent gives each output an empty file before the task (folders.py): notified
+    unwritten it is still absent; an empty output, written, is data."""
+    session_id = ArmoniKSessions(channel).create_session(OPTIONS)
+    orders = [{"kind": "notify_unwritten"}] * 20 + [{"kind": "value", "value": ""}] * 20
+    outputs = submit(channel, session_id, orders)
+    wait(channel, session_id, outputs)
+    assert [download(channel, session_id, out) for out in outputs] == [b"NOT_FOUND"] * 20 + [
+        b""
+    ] * 20
+
+
 def test_output_error_ends_in_error_and_aborts(channel: grpc.Channel) -> None:
     session_id = ArmoniKSessions(channel).create_session(OPTIONS)
     results = ArmoniKResults(channel)

@@ -189,7 +189,7 @@ class Agent:
         # Acquired and prefetched, next in line for `prepared`, in the order they run.
         self.reserve: collections.deque[Held] = collections.deque()
         self.ended: asyncio.Queue[Ended | None] = asyncio.Queue()
-        self.api = AgentApi(backends)
+        self.api = AgentApi(backends, self.folders)
         self.worker = WorkerProcess(
             settings.worker_command,
             Endpoint.parse(settings.worker_channel)
@@ -636,6 +636,8 @@ class Agent:
                 await self._post_process(Ended(one, "error", detail))
                 continue
             one.fetched_at = fetched_at
+            if one.folder is not None:
+                self.folders.place_outputs(one.folder, one.task.expected_output_ids)
             ready.append(one)
         return ready
 

@@ -16,6 +16,7 @@ import grpc
 from armonik.protogen.common import agent_common_pb2 as pb
 from armonik.protogen.worker.agent_service_pb2_grpc import AgentServicer
 
+from pyarmonik.compute.folders import TaskFolders, unwritten
 from pyarmonik.control.convert import optional_options, task_creations, timestamp
 from pyarmonik.control.errors import rpc
 from pyarmonik.domain.errors import InvalidArgument, NotFound, Unavailable
@@ -44,8 +45,9 @@ class TaskContext:
 
 
 class AgentApi(AgentServicer):  # type: ignore[misc]
-    def __init__(self, backends: Backends):
+    def __init__(self, backends: Backends, folders: TaskFolders):
         self.backends = backends
+        self.folders = folders
         self.context: TaskContext | None = None
 
     def _context(self, token: str) -> TaskContext:
@@ -164,11 +166,15 @@ class AgentApi(AgentServicer):  # type: ignore[misc]
         return await store_output(self.backends.objects, task.outcome, task.task.task_id, data)
 
     async def _store_file(self, task: TaskContext, path: Path) -> tuple[bytes, int]:
-        """`_store` for a file of the task's folder (handed over: read, or moved)."""
+        """`_store` for a file of the task's folder (handed over: read and made a spare, or
+        moved); FileNotFoundError when the worker did not write it."""
+        if unwritten(path):
+            raise FileNotFoundError(path)
         objects = self.backends.objects
         if isinstance(objects, InlineObjects):
-            data = await objects.take_small_file(path)
+            data = await objects.read_small_file(path)
             if data is not None:
+                self.folders.retire(path)
                 return await self._store(task, data)
         return await objects.put_file(path, owner=task.task.task_id)
 

@@ -7,7 +7,9 @@ import json
 import os
 import time
 
+import grpc
 from armonik.common import Output, TaskDefinition
+from armonik.protogen.common.agent_common_pb2 import NotifyResultDataRequest
 from armonik.worker import TaskHandler, armonik_worker
 
 
@@ -37,6 +39,20 @@ def run(handler: TaskHandler) -> Output:
         handler.send_results({handler.expected_results[0]: b"survived"})
     elif kind == "crash":
         os._exit(3)
+    elif kind == "notify_unwritten":
+        # Notify the output before writing its file (the agent placed an empty one there:
+        # it must still answer NOT_FOUND), then write and notify it for real.
+        output = handler.expected_results[0]
+        request = NotifyResultDataRequest(
+            ids=[NotifyResultDataRequest.ResultIdentifier(session_id=handler.session_id, result_id=output)],
+            communication_token=handler.token,
+        )  # fmt: skip
+        try:
+            handler._client.NotifyResultData(request)
+            answer = b"accepted"
+        except grpc.RpcError as error:
+            answer = error.code().name.encode()
+        handler.send_results({output: answer})
     elif kind == "sleep":
         time.sleep(order["seconds"])
         handler.send_results({handler.expected_results[0]: b"slept"})

@@ -157,18 +157,21 @@ class InlineObjects:
         return await self._insert(data, owner), len(data)
 
     async def take_small_file(self, path: Path) -> bytes | None:
-        """The content of a file that fits in the database, the file deleted (handed over);
-        None, the file untouched, when it does not fit."""
+        """`read_small_file`, the file deleted when read (handed over)."""
+        data = await self.read_small_file(path)
+        if data is not None:
+            path.unlink(missing_ok=True)  # noqa: ASYNC240 - a metadata operation
+        return data
+
+    async def read_small_file(self, path: Path) -> bytes | None:
+        """The content of a file that fits in the database; None when it does not fit."""
         # stat and small reads on the loop: page-cache operations, cheaper than a thread trip.
         size = os.stat(path).st_size
         if not self.fits(size):
             return None
         if size <= INLINE_SIZE:
-            data = path.read_bytes()  # noqa: ASYNC240 - small (see above)
-        else:
-            data = await asyncio.to_thread(path.read_bytes)
-        path.unlink(missing_ok=True)  # noqa: ASYNC240 - a metadata operation
-        return data
+            return path.read_bytes()  # noqa: ASYNC240 - small (see above)
+        return await asyncio.to_thread(path.read_bytes)
 
     # -- reading ---------------------------------------------------------------------------
 
