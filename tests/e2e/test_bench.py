@@ -35,9 +35,10 @@ def test_workload_benches(args: list[str], workload: str, tasks: int) -> None:
     assert float(report["latency_p99_ms"]) >= float(report["latency_p50_ms"]) > 0
 
 
-def test_ceiling_bench_drives_every_pair() -> None:
-    report = _bench("ceiling", "--tasks", "41", "--agents", "2")
-    assert report["agents"] == "2"
+@pytest.mark.parametrize("link", ["grpcio", "lean"])
+def test_ceiling_bench_drives_every_pair(link: str) -> None:
+    report = _bench("ceiling", "--tasks", "41", "--agents", "2", "--link", link)
+    assert report["agents"] == "2" and report["link"] == link
     assert report["tasks"] == "40"  # split evenly over the pairs
     assert float(report["tasks_per_second"]) > 0
 

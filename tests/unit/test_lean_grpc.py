@@ -4,6 +4,8 @@ calls a grpcio server, a grpcio client calls our server — what the official wo
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from armonik.protogen.worker.worker_service_pb2_grpc import (
     add_WorkerServicer_to_server,
 )
 
-from pyarmonik.compute.lean_grpc import Channel, RpcError, Server, methods_of
+from pyarmonik.compute.lean_grpc import Channel, RpcError, Server, frame, methods_of
 from pyarmonik.compute.worker_process import WorkerStub
 from pyarmonik.control.errors import rpc
 from pyarmonik.domain.errors import NotFound
@@ -300,3 +302,41 @@ async def lean_agent_tcp(target: str) -> tuple[Server, Agent]:
     server = Server(methods_of(servicer, agent_service_pb2.DESCRIPTOR.services_by_name["Agent"]))
     await server.start(target)
     return server, servicer
+
+
+async def test_random_frames_never_break_the_server(tmp_path: Path) -> None:
+    """Frames of random types, flags, streams and payloads after a valid preface (a bounded
+    fuzz): each connection is served or closed, the loop reports no error, the server goes
+    on serving."""
+    path = tmp_path / "a.sock"
+    server, _ = await lean_agent(path)
+    errors: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    generator = random.Random(1414)
+    try:
+        for _ in range(150):
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            data = bytearray(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            for _ in range(generator.randint(1, 6)):
+                payload = generator.randbytes(generator.choice([0, 1, 4, 5, 6, 8, 9, 30, 300]))
+                data += frame(
+                    generator.randint(0, 10),
+                    generator.choice([0, 1, 4, 5, 8, 0x20, 0x2D, 0xFF]),
+                    generator.choice([0, 1, 2, 3, 5, 2**31 - 1]),
+                    payload,
+                )
+            writer.write(bytes(data))
+            await writer.drain()
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                async with asyncio.timeout(0.05):
+                    await reader.read(65536)
+            writer.close()
+        await asyncio.sleep(0.2)  # calls begun by random HEADERS frames end
+        async with grpc.aio.insecure_channel(f"unix://{path}") as channel:
+            reply = await AgentStub(channel).NotifyResultData(notify("alive"))
+            assert list(reply.result_ids) == ["alive"]
+        assert errors == []
+    finally:
+        loop.set_exception_handler(None)
+        await server.stop(0)

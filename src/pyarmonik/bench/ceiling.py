@@ -3,6 +3,11 @@ official worker's `Process` and answer its `NotifyResultData`, one process per a
 pair, all at once. No database, no queue, no storage: what is left is the worker's cost and
 the gRPC calls between the two, so `indep / ceiling` says how much orchestration costs on the
 machine in hand (the same machine gives figures ±30% apart from one minute to the next).
+
+`link`: the do-nothing agent's gRPC. `grpcio` (the default, as the ceiling was defined when
+the target of issue 13 was set) uses grpcio's asyncio client and server; `lean` uses the
+agent's own link (compute/lean_grpc.py), which costs the agent about a third as much CPU per
+task: the ceiling of an agent with nothing to orchestrate.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import TextIO
 
 import grpc
 from armonik.protogen.common import agent_common_pb2, objects_pb2, worker_common_pb2
+from armonik.protogen.worker import agent_service_pb2
 from armonik.protogen.worker.agent_service_pb2_grpc import (
     AgentServicer,
     add_AgentServicer_to_server,
@@ -25,7 +31,11 @@ from armonik.protogen.worker.agent_service_pb2_grpc import (
 from armonik.protogen.worker.worker_service_pb2_grpc import WorkerStub
 
 from pyarmonik.bench.run import WORKER
+from pyarmonik.compute.lean_grpc import Channel, Server, methods_of
 from pyarmonik.compute.worker_process import WorkerProcess
+from pyarmonik.compute.worker_process import WorkerStub as LeanWorkerStub
+
+LINKS = ("grpcio", "lean")
 
 
 class _NotifyOnly(AgentServicer):  # type: ignore[misc]
@@ -39,18 +49,30 @@ class _NotifyOnly(AgentServicer):  # type: ignore[misc]
         )
 
 
-async def _pair(tasks: int, folder: Path, report: TextIO) -> float:
+async def _pair(tasks: int, folder: Path, link: str, report: TextIO) -> float:
     """Run `tasks` Indep tasks through one worker once stdin says go; seconds taken."""
-    server = grpc.aio.server()
-    add_AgentServicer_to_server(_NotifyOnly(), server)
     agent_socket = folder / "agent.sock"
-    server.add_insecure_port(f"unix://{agent_socket}")
-    await server.start()
+    server: grpc.aio.Server | Server
+    if link == "lean":
+        server = Server(
+            methods_of(_NotifyOnly(), agent_service_pb2.DESCRIPTOR.services_by_name["Agent"])
+        )
+        await server.start(f"unix://{agent_socket}")
+    else:
+        server = grpc.aio.server()
+        add_AgentServicer_to_server(_NotifyOnly(), server)
+        server.add_insecure_port(f"unix://{agent_socket}")
+        await server.start()
     worker = WorkerProcess(WORKER, folder / "worker.sock", agent_socket)
     await worker.start()
-    # grpcio's own client, as the ceiling was defined (the agent's leaner one: lean_grpc.py).
-    channel = grpc.aio.insecure_channel(f"unix://{folder / 'worker.sock'}")
-    stub = WorkerStub(channel)
+    target = f"unix://{folder / 'worker.sock'}"
+    channel: grpc.aio.Channel | Channel
+    if link == "lean":
+        channel = Channel(target)
+        stub: WorkerStub | LeanWorkerStub = LeanWorkerStub(channel)
+    else:
+        channel = grpc.aio.insecure_channel(target)
+        stub = WorkerStub(channel)
     (folder / "payload").write_bytes(b"indep")
     request = worker_common_pb2.ProcessRequest(
         communication_token="ceiling",
@@ -66,17 +88,17 @@ async def _pair(tasks: int, folder: Path, report: TextIO) -> float:
         request.task_id = f"task{index}"
         del request.expected_output_keys[:]
         request.expected_output_keys.append(f"out{index}")
-        reply = await stub.Process(request)
+        reply = await stub.Process(request, timeout=None)
         if reply.output.WhichOneof("type") != "ok":
             raise RuntimeError(f"the worker failed a task: {reply.output}")
     seconds = time.perf_counter() - start
     await channel.close()
     await worker.stop()
-    await server.stop(None)
+    await server.stop(0)
     return seconds
 
 
-def ceiling(tasks: int, agents: int) -> dict[str, float]:
+def ceiling(tasks: int, agents: int, link: str = "grpcio") -> dict[str, float | str]:
     """`tasks` split over `agents` do-nothing agents run at once; tasks/s over the slowest."""
     share = tasks // agents
     with tempfile.TemporaryDirectory(prefix="pyarmonik-ceiling-") as root:
@@ -84,7 +106,14 @@ def ceiling(tasks: int, agents: int) -> dict[str, float]:
         for index in range(agents):
             folder = Path(root, str(index))
             folder.mkdir()
-            command = [sys.executable, "-m", "pyarmonik.bench.ceiling", str(share), str(folder)]
+            command = [
+                sys.executable,
+                "-m",
+                "pyarmonik.bench.ceiling",
+                str(share),
+                str(folder),
+                link,
+            ]
             pairs.append(
                 subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             )
@@ -106,6 +135,7 @@ def ceiling(tasks: int, agents: int) -> dict[str, float]:
     return {
         "tasks": share * agents,
         "agents": agents,
+        "link": link,
         "seconds": round(slowest, 2),
         "tasks_per_second": round(share * agents / slowest, 1),
     }
@@ -115,4 +145,5 @@ if __name__ == "__main__":
     # Our stdout talks to the parent; the worker we start logs to stderr instead.
     report = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
-    print(asyncio.run(_pair(int(sys.argv[1]), Path(sys.argv[2]), report)), file=report, flush=True)
+    seconds = asyncio.run(_pair(int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], report))
+    print(seconds, file=report, flush=True)

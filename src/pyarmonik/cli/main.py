@@ -453,14 +453,23 @@ def bench_graph(
 def bench_ceiling(
     tasks: Annotated[int, typer.Option(help="Indep tasks, split over the pairs.")] = 10_000,
     agents: AgentsOption = 2,
+    link: Annotated[
+        str,
+        typer.Option(
+            help="The do-nothing agents' gRPC: grpcio (the ceiling as issue 13 set it) or "
+            "lean (the agent's own link, compute/lean_grpc.py)."
+        ),
+    ] = "grpcio",
 ) -> None:
     """The ceiling for Indep on this machine: do-nothing agents that only call the official
     worker's Process and answer NotifyResultData (no database, queue or storage)."""
-    from pyarmonik.bench.ceiling import ceiling
+    from pyarmonik.bench.ceiling import LINKS, ceiling
 
     if agents < 1 or tasks < agents:
         raise typer.BadParameter("needs at least one agent and one task per agent")
-    for key, value in ceiling(tasks, agents).items():
+    if link not in LINKS:
+        raise typer.BadParameter(f"--link is one of {', '.join(LINKS)}")
+    for key, value in ceiling(tasks, agents, link).items():
         typer.echo(f"{key:>22}: {value}")
 
 

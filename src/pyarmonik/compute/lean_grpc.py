@@ -206,6 +206,8 @@ class _Connection(asyncio.Protocol):
         self._lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return  # failed: what still comes is dropped
         buffer = self._buffer
         buffer += data
         position = 0
