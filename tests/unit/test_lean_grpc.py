@@ -228,37 +228,41 @@ async def test_the_server_answers_a_grpcio_client(tmp_path: Path) -> None:
         await server.stop(0)
 
 
-async def test_the_server_reports_errors_and_unknown_methods(tmp_path: Path) -> None:
-    server, _ = await lean_agent(tmp_path / "a.sock")
+@contextlib.asynccontextmanager
+async def served_agent(path: Path) -> AsyncIterator[tuple[AgentStub, Agent]]:
+    """Our server at `path`, and a grpcio client's stub to it."""
+    server, servicer = await lean_agent(path)
     try:
-        async with grpc.aio.insecure_channel(f"unix://{tmp_path / 'a.sock'}") as channel:
-            stub = AgentStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as missing:
-                await stub.NotifyResultData(notify("missing"))
-            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
-            assert missing.value.details() == "No data file for result missing — ünïcode"
-            with pytest.raises(grpc.aio.AioRpcError) as unknown:
-                await stub.GetCommonData(pb.DataRequest(result_id="x"))
-            assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
-            reply = await stub.NotifyResultData(notify("fine"))
-            assert list(reply.result_ids) == ["fine"]
+        async with grpc.aio.insecure_channel(f"unix://{path}") as channel:
+            yield AgentStub(channel), servicer
     finally:
         await server.stop(0)
+
+
+async def answers(stub: AgentStub, result_id: str) -> bool:
+    reply = await stub.NotifyResultData(notify(result_id))
+    return list(reply.result_ids) == [result_id]
+
+
+async def test_the_server_reports_errors_and_unknown_methods(tmp_path: Path) -> None:
+    async with served_agent(tmp_path / "a.sock") as (stub, _):
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.NotifyResultData(notify("missing"))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        assert missing.value.details() == "No data file for result missing — ünïcode"
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await stub.GetCommonData(pb.DataRequest(result_id="x"))
+        assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert await answers(stub, "fine")
 
 
 async def test_a_client_that_gives_up_leaves_the_server_serving(tmp_path: Path) -> None:
-    server, servicer = await lean_agent(tmp_path / "a.sock")
-    try:
-        async with grpc.aio.insecure_channel(f"unix://{tmp_path / 'a.sock'}") as channel:
-            stub = AgentStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as late:
-                await stub.NotifyResultData(notify("slow"), timeout=0.5)
-            assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            assert servicer.started.is_set()
-            reply = await stub.NotifyResultData(notify("next"))
-            assert list(reply.result_ids) == ["next"]
-    finally:
-        await server.stop(0)
+    async with served_agent(tmp_path / "a.sock") as (stub, servicer):
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            await stub.NotifyResultData(notify("slow"), timeout=0.5)
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert servicer.started.is_set()
+        assert await answers(stub, "next")
 
 
 async def test_bytes_that_are_not_http2_close_that_connection_only(tmp_path: Path) -> None:
@@ -277,8 +281,7 @@ async def test_bytes_that_are_not_http2_close_that_connection_only(tmp_path: Pat
                     pass
             writer.close()
         async with grpc.aio.insecure_channel(f"unix://{path}") as channel:
-            reply = await AgentStub(channel).NotifyResultData(notify("still"))
-            assert list(reply.result_ids) == ["still"]
+            assert await answers(AgentStub(channel), "still")
     finally:
         await server.stop(0)
 
@@ -289,8 +292,7 @@ async def test_the_server_on_tcp_takes_a_free_port_and_refuses_a_taken_one() -> 
         port = server.port
         assert port > 0
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            reply = await AgentStub(channel).NotifyResultData(notify("tcp"))
-            assert list(reply.result_ids) == ["tcp"]
+            assert await answers(AgentStub(channel), "tcp")
         with pytest.raises(OSError):
             await lean_agent_tcp(f"127.0.0.1:{port}")
     finally:
@@ -334,8 +336,7 @@ async def test_random_frames_never_break_the_server(tmp_path: Path) -> None:
             writer.close()
         await asyncio.sleep(0.2)  # calls begun by random HEADERS frames end
         async with grpc.aio.insecure_channel(f"unix://{path}") as channel:
-            reply = await AgentStub(channel).NotifyResultData(notify("alive"))
-            assert list(reply.result_ids) == ["alive"]
+            assert await answers(AgentStub(channel), "alive")
         assert errors == []
     finally:
         loop.set_exception_handler(None)
