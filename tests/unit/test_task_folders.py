@@ -55,10 +55,10 @@ async def test_outputs_reuse_the_files_of_earlier_outputs(tmp_path: Path) -> Non
     folders.place_outputs(second, ["out2", "out3"])  # one spare for two outputs
     placed = second / "out2"
     assert os.stat(placed).st_ino == inode and placed.read_bytes() == b""  # nothing of task 1
-    assert unwritten(placed) and not (second / "out3").exists()
+    assert unwritten(os.stat(placed)) and not (second / "out3").exists()
     with open(placed, "wb"):  # noqa: ASYNC230 - what the official SDKs do: create or truncate
         pass
-    assert not unwritten(placed)  # written, even empty
+    assert not unwritten(os.stat(placed))  # written, even empty
     assert os.stat(placed).st_ino == inode  # no inode was allocated
 
 

@@ -52,27 +52,26 @@ class _NotifyOnly(AgentServicer):  # type: ignore[misc]
 async def _pair(tasks: int, folder: Path, link: str, report: TextIO) -> float:
     """Run `tasks` Indep tasks through one worker once stdin says go; seconds taken."""
     agent_socket = folder / "agent.sock"
+    target = f"unix://{folder / 'worker.sock'}"
     server: grpc.aio.Server | Server
+    channel: grpc.aio.Channel | Channel
+    stub: WorkerStub | LeanWorkerStub
     if link == "lean":
         server = Server(
             methods_of(_NotifyOnly(), agent_service_pb2.DESCRIPTOR.services_by_name["Agent"])
         )
         await server.start(f"unix://{agent_socket}")
+        channel = Channel(target)
+        stub = LeanWorkerStub(channel)
     else:
         server = grpc.aio.server()
         add_AgentServicer_to_server(_NotifyOnly(), server)
         server.add_insecure_port(f"unix://{agent_socket}")
         await server.start()
-    worker = WorkerProcess(WORKER, folder / "worker.sock", agent_socket)
-    await worker.start()
-    target = f"unix://{folder / 'worker.sock'}"
-    channel: grpc.aio.Channel | Channel
-    if link == "lean":
-        channel = Channel(target)
-        stub: WorkerStub | LeanWorkerStub = LeanWorkerStub(channel)
-    else:
         channel = grpc.aio.insecure_channel(target)
         stub = WorkerStub(channel)
+    worker = WorkerProcess(WORKER, folder / "worker.sock", agent_socket)
+    await worker.start()
     (folder / "payload").write_bytes(b"indep")
     request = worker_common_pb2.ProcessRequest(
         communication_token="ceiling",

@@ -9,6 +9,7 @@ dies before the commit, whoever recovers the attempt deletes them (no orphan is 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,13 +169,14 @@ class AgentApi(AgentServicer):  # type: ignore[misc]
     async def _store_file(self, task: TaskContext, path: Path) -> tuple[bytes, int]:
         """`_store` for a file of the task's folder (handed over: read and made a spare, or
         moved); FileNotFoundError when the worker did not write it."""
-        if unwritten(path):
+        status = os.stat(path)
+        if unwritten(status):
             raise FileNotFoundError(path)
         objects = self.backends.objects
         if isinstance(objects, InlineObjects):
-            data = await objects.read_small_file(path)
+            data = await objects.read_small_file(path, status.st_size)
             if data is not None:
-                self.folders.retire(path)
+                self.folders.retire(path)  # its own lstat: a link is never truncated
                 return await self._store(task, data)
         return await objects.put_file(path, owner=task.task.task_id)
 

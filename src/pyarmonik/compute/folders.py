@@ -50,10 +50,8 @@ def _written(path: Path, opaque_id: bytes) -> Written:
     return opaque_id, status.st_ino, status.st_size, status.st_mtime_ns
 
 
-def unwritten(path: Path) -> bool:
-    """Whether `path` is a placed output file the worker has not written (FileNotFoundError
-    if there is no such file)."""
-    status = os.stat(path)
+def unwritten(status: os.stat_result) -> bool:
+    """Whether a file (as `os.stat` found it) is a placed output the worker has not written."""
     return status.st_mtime_ns == UNWRITTEN and status.st_size == 0
 
 
@@ -138,10 +136,7 @@ class TaskFolders:
                     if kept[1:] == (status.st_ino, status.st_size, status.st_mtime_ns):
                         continue
                     del keep[entry.name]
-                if len(self.spares) < MAX_SPARES:
-                    self.retire(Path(entry.path))
-                else:
-                    os.unlink(entry.path)
+                self.retire(Path(entry.path))
         return True
 
     def take(self) -> Path:

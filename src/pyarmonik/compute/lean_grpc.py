@@ -155,7 +155,6 @@ class _Stream:
     headers: list[tuple[bytes, bytes]] | None = None
     body: bytearray = field(default_factory=bytearray)
     trailers: list[tuple[bytes, bytes]] | None = None
-    ended: bool = False  # the peer's END_STREAM came
     done: asyncio.Future[None] | None = None  # client: set when the reply is complete
 
 
@@ -279,7 +278,6 @@ class _Connection(asyncio.Protocol):
         if len(stream.body) > MAX_MESSAGE + 5:
             raise ProtocolError(PROTOCOL_ERROR, "message too large")
         if flags & END_STREAM:
-            stream.ended = True
             self._end_of_stream(stream_id, stream)
 
     def _header_fragment(self, kind: int, flags: int, stream: int, payload: bytes) -> None:
@@ -440,7 +438,6 @@ class _ClientConnection(_Connection):
         else:
             stream.trailers = headers
         if end:
-            stream.ended = True
             self._end_of_stream(stream_id, stream)
 
     def _end_of_stream(self, stream_id: int, stream: _Stream) -> None:
@@ -449,10 +446,8 @@ class _ClientConnection(_Connection):
             stream.done.set_result(None)
 
     def _reset(self, stream_id: int, code: int) -> None:
-        stream = self.streams.pop(stream_id, None)
-        if stream is not None and stream.done is not None and not stream.done.done():
-            status = grpc.StatusCode.CANCELLED if code == CANCEL else grpc.StatusCode.UNAVAILABLE
-            stream.done.set_exception(RpcError(status, f"stream reset by the peer (code {code})"))
+        status = grpc.StatusCode.CANCELLED if code == CANCEL else grpc.StatusCode.UNAVAILABLE
+        self._refuse(stream_id, f"stream reset by the peer (code {code})", status)
 
     def _going_away(self, last_stream: int) -> None:
         for stream_id in [s for s in self.streams if s > last_stream]:
@@ -462,10 +457,13 @@ class _ClientConnection(_Connection):
         for stream_id in list(self.streams):
             self._refuse(stream_id, f"connection lost ({exc or 'closed'})")
 
-    def _refuse(self, stream_id: int, reason: str) -> None:
-        stream = self.streams.pop(stream_id)
-        if stream.done is not None and not stream.done.done():
-            stream.done.set_exception(RpcError(grpc.StatusCode.UNAVAILABLE, reason))
+    def _refuse(
+        self, stream_id: int, reason: str, status: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+    ) -> None:
+        """End a call under way with an error (no reply will come)."""
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None and stream.done is not None and not stream.done.done():
+            stream.done.set_exception(RpcError(status, reason))
 
     async def unary(
         self, path: bytes, request: bytes, timeout: float | None, metadata: Any
@@ -603,8 +601,7 @@ class AbortError(Exception):
 class ServicerContext:
     """What a servicer method is given as its context (the part our servicers use)."""
 
-    def __init__(self, metadata: list[tuple[bytes, bytes]]):
-        self._metadata = metadata
+    def __init__(self) -> None:
         self._code: grpc.StatusCode | None = None
         self._details = ""
 
@@ -623,11 +620,6 @@ class ServicerContext:
 
     def details(self) -> str:
         return self._details
-
-    def invocation_metadata(self) -> list[tuple[str, str]]:
-        return [
-            (k.decode(), v.decode("latin-1")) for k, v in self._metadata if not k.startswith(b":")
-        ]
 
 
 @dataclass(frozen=True)
@@ -672,7 +664,6 @@ class _ServerConnection(_Connection):
         else:  # trailers of a request: nothing in them for us
             stream.trailers = headers
         if end:
-            stream.ended = True
             self._end_of_stream(stream_id, stream)
 
     def _end_of_stream(self, stream_id: int, stream: _Stream) -> None:
@@ -698,7 +689,7 @@ class _ServerConnection(_Connection):
                 messages = [method.request.FromString(m) for m in split_messages(stream.body)]
             except (ValueError, DecodeError) as error:
                 raise RpcError(grpc.StatusCode.INTERNAL, f"request not parsed: {error}") from None
-            context = ServicerContext(headers)
+            context = ServicerContext()
             if method.client_streaming:
                 argument: Any = _iterate(messages)
             elif len(messages) == 1:

@@ -163,10 +163,12 @@ class InlineObjects:
             path.unlink(missing_ok=True)  # noqa: ASYNC240 - a metadata operation
         return data
 
-    async def read_small_file(self, path: Path) -> bytes | None:
-        """The content of a file that fits in the database; None when it does not fit."""
+    async def read_small_file(self, path: Path, size: int | None = None) -> bytes | None:
+        """The content of a file (of `size` bytes, if known) that fits in the database; None
+        when it does not fit."""
         # stat and small reads on the loop: page-cache operations, cheaper than a thread trip.
-        size = os.stat(path).st_size
+        if size is None:
+            size = os.stat(path).st_size
         if not self.fits(size):
             return None
         if size <= INLINE_SIZE:
