@@ -182,3 +182,32 @@ async def test_priorities_hold_across_resizes(make: Make) -> None:
     served = [m.task_id for _ in range(7) for m in await pull_exactly(queue, 1)]
     assert sorted(served[:3]) == ["high0", "high1", "high2"]
     assert sorted(served[3:]) == [f"low{n}" for n in range(16, 20)]
+
+
+async def test_queues_are_made_version_2_and_a_queue_made_before_still_serves(
+    make: Make,
+) -> None:
+    """A new queue is a classic queue of version 2; one an earlier version made without
+    `x-queue-version` (RabbitMQ refuses to redeclare it with another) is used as made."""
+    import aio_pika
+
+    queue = await make()
+    await queue.push("p", [("a", 1)])
+    older = queue.queue_name("older")
+    connection = await aio_pika.connect(RABBITMQ_URL)
+    async with connection:
+        channel = await connection.channel()
+        made = queue._arguments((4, None))
+        await channel.declare_queue(older, durable=True, arguments=made)
+        queue.declared.add(older)
+        with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
+            probe = await connection.channel()
+            await probe.declare_queue(queue.queue_name("p"), durable=True, arguments=made)
+    await queue.push("older", [("b", 1), ("c", 1)])
+    assert [m.task_id for m in await pull_exactly(queue, 1)] == ["a"]
+    got: list[QueueMessage] = []
+    for _ in range(20):
+        got += await queue.pull("older", 2 - len(got), LEASE)
+        if len(got) == 2:
+            break
+    assert sorted(m.task_id for m in got) == ["b", "c"]

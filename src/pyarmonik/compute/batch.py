@@ -10,7 +10,7 @@ the SDK's function worker. Official workers keep ArmoniK's one `Process` call pe
              a timeout, a cancellation or the worker's death ends the running task, and
              the tasks behind it are given back, never lost nor run twice
 
-The window adapts to the tasks: as many as the worker runs in WINDOW_SECONDS (at least 1,
+The window adapts to the tasks: as many as the worker runs in BATCH_SECONDS (at least 1,
 at most MAX_WINDOW); behind a task running longer than HOLD, the others are taken back.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 
 from armonik.protogen.common import agent_common_pb2
 
-from pyarmonik.compute.agent import WINDOW_SECONDS, Agent, Ended, Held, window_size
+from pyarmonik.compute.agent import Agent, Ended, Held, window_size
 from pyarmonik.compute.agent_api import check_known, store_output
 from pyarmonik.compute.frames import Frame, FrameError
 from pyarmonik.compute.inputs import read_inputs
@@ -42,6 +42,9 @@ from pyarmonik.storage.objects import read_all
 
 log = logging.getLogger(__name__)
 
+# Shorter than the official path's WINDOW_SECONDS: a batch holds up to MAX_WINDOW tasks
+# already, and the fewer sit behind a slow one, the less is taken back.
+BATCH_SECONDS = 0.02
 MAX_WINDOW = 64
 START_WINDOW = 8
 HOLD = 0.2  # a task running longer than this has the tasks queued behind it taken back
@@ -83,7 +86,7 @@ class BatchRunner:
         self.life: WorkerLife | None = None
         # Seconds of a task in the worker, smoothed; a new agent starts with a window of
         # START_WINDOW (take-backs protect the tasks behind a long first one).
-        self.mean_seconds = WINDOW_SECONDS / START_WINDOW
+        self.mean_seconds = BATCH_SECONDS / START_WINDOW
         self._room = asyncio.Event()  # the window has room, or the worker changed
         self._filled = asyncio.Event()  # tasks were sent: the watch has work (idle: no polls)
         self._receivers: set[asyncio.Task[None]] = set()
@@ -91,7 +94,7 @@ class BatchRunner:
     @property
     def size(self) -> int:
         """How many tasks to keep in the worker's hands."""
-        return window_size(self.mean_seconds, MAX_WINDOW)
+        return window_size(self.mean_seconds, MAX_WINDOW, BATCH_SECONDS)
 
     async def run(self) -> None:
         """The batched stages, until the agent stops: then the window drains (the running

@@ -1,6 +1,7 @@
 """RabbitMQ queue (AMQP 0-9-1, aio-pika): one durable priority queue per partition.
 
-- `{prefix}.{partition}` is declared durable with `x-max-priority`; messages are persistent,
+- `{prefix}.{partition}` is declared durable with `x-max-priority` and `x-queue-version` 2
+  (QUEUE_VERSION; a queue made before without it is used as made); messages are persistent,
   their body is the task id and their AMQP priority the ArmoniK priority (1..99) scaled onto
   0..max_priority-1, so ordering is as fine as `max_priority` levels (FIFO within a level).
 - Pulling uses one long-lived consumer per partition (on its own channel) whose deliveries
@@ -91,6 +92,12 @@ WAITING_TTL = 0.5
 DELAY_QUEUE_IDLE_MS = 60_000
 WEEK_MS = 7 * 24 * 3600 * 1000
 MAX_PREFETCH = 65_535  # basic.qos prefetch_count is a short
+# Classic queues of version 2 (RabbitMQ >= 3.10, the only version from 4.0): a persistent
+# message costs the broker a third less CPU, and their priorities almost nothing (3.10.8,
+# 39 priorities: 150 µs a message published, delivered and acked, against 210 in version 1).
+QUEUE_VERSION = 2
+# A queue's layout: bands per priority level, and its `x-queue-version` (None: not given).
+Layout = tuple[int, int | None]
 # Seconds a delivery may wait in a buffer holding more than `prefetch` before the buffer is
 # given back (see the module docstring): long enough for an agent pulling short tasks.
 LINGER = 0.5
@@ -234,8 +241,11 @@ class RabbitQueue:
             depth, limit = depth + 1, limit * BAND_BASE
         return self.amqp_priority(priority) * bands + bands - 1 - depth
 
-    def _arguments(self, bands: int) -> dict[str, Any]:
+    def _arguments(self, layout: Layout) -> dict[str, Any]:
+        bands, version = layout
         arguments: dict[str, Any] = {"x-max-priority": self.max_priority * bands - 1}
+        if version is not None:
+            arguments["x-queue-version"] = version
         if self.consumer_timeout_ms is not None:
             arguments["x-consumer-timeout"] = self.consumer_timeout_ms
         return arguments
@@ -245,27 +255,30 @@ class RabbitQueue:
         queue = self._queues.get(partition_id)
         if queue is None:
             name = self.queue_name(partition_id)
-            bands = await self._layout(name)
+            layout = await self._layout(name)
             queue = await self._channel().declare_queue(
-                name, durable=True, arguments=self._arguments(bands)
+                name, durable=True, arguments=self._arguments(layout)
             )
             self.declared.add(name)
-            self._bands[partition_id] = bands
+            self._bands[partition_id] = layout[0]
             self._queues[partition_id] = queue
         return queue
 
-    async def _layout(self, name: str) -> int:
-        """Bands per level of the queue `name`: ours when it is new or made alike, else the
-        other layout (a queue is never redeclared with another `x-max-priority`). Probed on
-        a channel of its own: a refused declaration closes the channel."""
+    async def _layout(self, name: str) -> Layout:
+        """The layout of the queue `name`: ours when it is new or made alike, else the one it
+        was made with (a queue is never redeclared with other arguments): the other order,
+        or the queue version of before (none given). Probed on a channel of its own: a
+        refused declaration closes the channel."""
         if self._connection is None:
             raise Unavailable(f"{self._where}: queue not started")
         wanted = BANDS if self.fair else 1
-        for bands in (wanted, 1 if self.fair else BANDS):
+        for bands, version in itertools.product(
+            (wanted, 1 if self.fair else BANDS), (QUEUE_VERSION, None)
+        ):
             channel = await self._connection.channel()
             try:
                 await channel.declare_queue(
-                    name, durable=True, arguments=self._arguments(bands), robust=False
+                    name, durable=True, arguments=self._arguments((bands, version)), robust=False
                 )
             except aio_pika.exceptions.ChannelPreconditionFailed:
                 continue
@@ -280,7 +293,7 @@ class RabbitQueue:
                     "fair" if bands > 1 else "FIFO",
                     "fair" if self.fair else "FIFO",
                 )
-            return bands
+            return bands, version
         raise Unavailable(f"{self._where}: queue {name} exists with other arguments")
 
     def _channel(self) -> AbstractChannel:
