@@ -310,14 +310,15 @@ async def test_one_of_two_concurrent_conditional_updates_wins(database: Database
 async def test_update_each(database: Database) -> None:
     await insert(database, make_result("r1"), make_result("r2"), make_result("r3"))
     async with database.write() as repository:
-        await repository.update_each(Result, [])
-        await repository.update_each(
+        assert await repository.update_each(Result, []) == []
+        changed = await repository.update_each(
             Result,
             [
                 ("r1", {"size": 1, "opaque_id": b"one", "manual_deletion": False}),
                 ("r2", {"size": 2, "opaque_id": b"two", "manual_deletion": True}),
             ],
         )
+    assert sorted(changed) == ["r1", "r2"]
     async with database.read() as repository:
         found = {r.result_id: r for r in await repository.find(Result, {})}
     assert (found["r1"].size, found["r1"].opaque_id, found["r1"].manual_deletion) == (
@@ -327,6 +328,40 @@ async def test_update_each(database: Database) -> None:
     )
     assert (found["r2"].size, found["r2"].opaque_id) == (2, b"two")
     assert found["r3"] == make_result("r3")
+
+
+async def test_update_each_where_sets_common_and_own_values_on_the_matching_only(
+    database: Database,
+) -> None:
+    """One statement: each record's own values (a column NULL for all of them included) and
+    the common ones, only where the condition holds; the keys changed come back."""
+    await insert(database, make_result("r1"), make_result("r2"), make_result("r3"))
+    async with database.write() as repository:
+        await repository.update(Result, {"result_id": "r2"}, {"status": ResultStatus.ABORTED})
+        changed = await repository.update_each(
+            Result,
+            [
+                (key, {"size": size, "completed_at": None, "completed_by": by})
+                for key, size, by in (("r1", 10, "t1"), ("r2", 20, "t2"), ("r3", 30, "t3"))
+            ],
+            where={"status": ResultStatus.CREATED},
+            values={"status": ResultStatus.COMPLETED, "created_at": 5.5},
+        )
+        assert (
+            await repository.update_each(
+                Result, [("r1", {"size": 99})], where={"status": ResultStatus.CREATED}
+            )
+            == []
+        )
+    assert sorted(changed) == ["r1", "r3"]
+    async with database.read() as repository:
+        found = {r.result_id: r for r in await repository.find(Result, {})}
+    assert [(found[k].status, found[k].size, found[k].completed_by) for k in ("r1", "r3")] == [
+        (ResultStatus.COMPLETED, 10, "t1"),
+        (ResultStatus.COMPLETED, 30, "t3"),
+    ]
+    assert found["r1"].created_at == 5.5 and found["r1"].completed_at is None
+    assert (found["r2"].status, found["r2"].size) == (ResultStatus.ABORTED, make_result("r2").size)
 
 
 async def test_delete(database: Database) -> None:
@@ -965,3 +1000,16 @@ async def test_insert_with_replace_is_an_upsert(database: Database) -> None:
         shared = await repository.get(Partition, "shared")
         assert shared is not None and shared.priority in range(1, 5)
         assert len(await repository.find(Partition, {"partition_id": ["shared", "other"]})) == 2
+
+
+async def test_update_each_of_more_records_than_one_statement_holds(database: Database) -> None:
+    keys = [f"r{i:04}" for i in range(CHUNK // 2 + 7)]  # two statements of (key, size)
+    await insert(database, *(make_result(key) for key in keys))
+    async with database.write() as repository:
+        changed = await repository.update_each(
+            Result, [(key, {"size": i}) for i, key in enumerate(keys)]
+        )
+    assert sorted(changed) == keys
+    async with database.read() as repository:
+        found = {r.result_id: r.size for r in await repository.find(Result, {})}
+    assert found == {key: i for i, key in enumerate(keys)}

@@ -199,6 +199,11 @@ class SqlDialect(Protocol):
         every SUBMITTED task to find the few asked for)."""
         ...
 
+    def parameter_type(self, value: Any) -> str:
+        """The SQL type a parameter holding this scalar is cast to where nothing else types it
+        (a VALUES list)."""
+        ...
+
     def text_match(self, expr: str, op: Op, value: str) -> tuple[str, str]:
         """Case-sensitive CONTAINS / STARTS_WITH / ENDS_WITH of `value` in `expr`.
 
@@ -215,6 +220,30 @@ def _pattern(op: Op, escaped: str, wildcard: str) -> str:
     if op is Op.ENDS_WITH:
         return f"{wildcard}{escaped}"
     raise ValueError(f"{op} is not a pattern operator")
+
+
+# SQL types of scalar parameters, by Python type (bool before int: a bool is an int).
+SQLITE_TYPES: dict[type, str] = {
+    bool: "INTEGER",
+    int: "INTEGER",
+    float: "REAL",
+    str: "TEXT",
+    bytes: "BLOB",
+}
+POSTGRES_TYPES: dict[type, str] = {
+    bool: "BOOLEAN",
+    int: "BIGINT",
+    float: "DOUBLE PRECISION",
+    str: "TEXT",
+    bytes: "BYTEA",
+}
+
+
+def _parameter_type(value: Any, types: dict[type, str]) -> str:
+    for kind, name in types.items():
+        if isinstance(value, kind):
+            return name
+    raise TypeError(f"no SQL parameter type for {type(value).__name__}")
 
 
 class SqliteDialect:
@@ -242,6 +271,9 @@ class SqliteDialect:
 
     def array_length(self, column: str) -> str:
         return f"json_array_length({column})"
+
+    def parameter_type(self, value: Any) -> str:
+        return _parameter_type(value, SQLITE_TYPES)
 
     def text_match(self, expr: str, op: Op, value: str) -> tuple[str, str]:
         return f"({expr} GLOB ?)", _pattern(op, value.translate(self._GLOB_ESCAPES), "*")
@@ -277,6 +309,9 @@ class PostgresDialect:
 
     def array_length(self, column: str) -> str:
         return f"jsonb_array_length({column})"
+
+    def parameter_type(self, value: Any) -> str:
+        return _parameter_type(value, POSTGRES_TYPES)
 
     def text_match(self, expr: str, op: Op, value: str) -> tuple[str, str]:
         # PostgreSQL's LIKE is case-sensitive; `\` is its escape character once stated.

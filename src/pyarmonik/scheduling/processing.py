@@ -380,50 +380,40 @@ class TaskProcessing:
         ready: list[ReadyTask] = []
         async with self.backends.database.write() as repository:
             ours = set(
-                await repository.update(
+                await repository.update_each(
                     Task,
-                    {
-                        "task_id": [s.task.task_id for s in successes],
-                        "status": TaskStatus.PROCESSING,
-                        "owner_pod_id": self.owner_id,
-                    },
-                    {"status": TaskStatus.COMPLETED, "ended_at": stamp},
+                    [
+                        (s.task.task_id, self._durations(s.task, stamp, s.processed_at))
+                        for s in successes
+                    ],
+                    where={"status": TaskStatus.PROCESSING, "owner_pod_id": self.owner_id},
+                    values={"status": TaskStatus.COMPLETED, "ended_at": stamp},
                 )
             )
             committed = [s for s in successes if s.task.task_id in ours]
             if not committed:
                 return []
-            await repository.update_each(
-                Task,
-                [
-                    (s.task.task_id, self._durations(s.task, stamp, s.processed_at))
-                    for s in committed
-                ],
-            )
             outcomes = [s.outcome for s in committed]
             await repository.insert([r for o in outcomes for r in o.created])
             inline = [blob for o in outcomes for blob in o.inline]
             if inline:
                 await repository.put_blobs(inline)
             stored = {st.result_id: (st, s.task) for s in committed for st in s.outcome.stored}
-            completed = await repository.update(
-                Result,
-                {"result_id": list(stored), "status": ResultStatus.CREATED},
-                {"status": ResultStatus.COMPLETED, "completed_at": stamp},
-            )
-            await repository.update_each(
+            completed = await repository.update_each(
                 Result,
                 [
                     (
                         result_id,
                         {
-                            "opaque_id": stored[result_id][0].opaque_id,
-                            "size": stored[result_id][0].size,
-                            "completed_by": stored[result_id][1].task_id,
+                            "opaque_id": stored_result.opaque_id,
+                            "size": stored_result.size,
+                            "completed_by": task.task_id,
                         },
                     )
-                    for result_id in completed
+                    for result_id, (stored_result, task) in stored.items()
                 ],
+                where={"status": ResultStatus.CREATED},
+                values={"status": ResultStatus.COMPLETED, "completed_at": stamp},
             )
             sessions: dict[str, Session] = {}
 

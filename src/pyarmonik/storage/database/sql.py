@@ -126,13 +126,17 @@ def _is_many(value: Any) -> bool:
 
 
 def where_sql(
-    where: Where, key: str | None = None, dialect: SqlDialect | None = None
+    where: Where,
+    key: str | None = None,
+    dialect: SqlDialect | None = None,
+    found_by_key: bool = False,
 ) -> tuple[str, list[Any]]:
     """SQL for a conjunction of `column = value` / `column IN (values)`. When `where` names
-    the record's `key`, the other columns are kept off their indexes (`dialect.off_index`)."""
+    the record's `key` (or the rows are `found_by_key` by a join), the other columns are kept
+    off their indexes (`dialect.off_index`)."""
     clauses: list[str] = []
     params: list[Any] = []
-    by_key = key is not None and dialect is not None and key in where
+    by_key = key is not None and dialect is not None and (found_by_key or key in where)
     for name, value in where.items():
         column = dialect.off_index(name) if by_key and dialect and name != key else name
         # Text holding NUL is never stored (see _encode): such a value matches nothing.
@@ -275,19 +279,51 @@ class Repository:
         return taken
 
     async def update_each(
-        self, kind: type[R], key_values: list[tuple[str, dict[str, Any]]]
-    ) -> None:
-        """Per-record updates with the same columns (e.g. each result's size and opaque id)."""
+        self,
+        kind: type[R],
+        key_values: list[tuple[str, dict[str, Any]]],
+        where: Where | None = None,
+        values: dict[str, Any] | None = None,
+    ) -> list[str]:
+        """Per-record updates in one statement: on the records of these keys that also match
+        `where`, set `values` and each record's own values (scalars, the same columns for
+        every record); returns the keys of the records changed. One statement, not one per
+        record: in PostgreSQL a second UPDATE of a row writes it, and each of its indexes, anew
+        (a completion set the status, then the times: twice)."""
         if not key_values:
-            return
+            return []
         columns: list[str] = list(key_values[0][1])
-        assignments = ",".join(f"{column} = ?" for column in columns)
-        rows: list[tuple[Any, ...]] = []
-        for key, changes in key_values:
-            rows.append((*(_encode(c, changes[c]) for c in columns), key))
-        await self.connection.executemany(
-            f"UPDATE {kind.TABLE} SET {assignments} WHERE {kind.KEY} = ?", rows
+        common, common_params = _set_clause(values or {})
+        condition, condition_params = where_sql(
+            where or {}, kind.KEY, self.dialect, found_by_key=True
         )
+        changed: list[str] = []
+        for part in chunks(key_values, CHUNK // (len(columns) + 1)):
+            # A column NULL in every record is set as such: no value would give its type.
+            typed = [c for c in columns if any(own[c] is not None for _, own in part)]
+            assignments = [common] if common else []
+            assignments += [f"{c} = NULL" for c in columns if c not in typed]
+            assignments += [f"{c} = v.column{i}" for i, c in enumerate(typed, start=2)]
+            # The first row's casts type the VALUES list's columns (and its parameters).
+            first_values = [
+                part[0][0],
+                *(next(o[c] for _, o in part if o[c] is not None) for c in typed),
+            ]
+            first = ",".join(f"CAST(? AS {self.dialect.parameter_type(v)})" for v in first_values)
+            rest = ",".join("?" * len(first_values))
+            rows = ",".join([f"({first})", *(f"({rest})" for _ in part[1:])])
+            params: list[Any] = list(common_params)
+            for key, own in part:
+                params += [key, *(_encode(c, own[c]) for c in typed)]
+            table = kind.TABLE
+            found = await self.connection.fetch(
+                f"UPDATE {table} SET {','.join(assignments)} FROM (VALUES {rows}) AS v "
+                f"WHERE {table}.{kind.KEY} = v.column1 AND {condition} "
+                f"RETURNING {table}.{kind.KEY}",
+                params + condition_params,
+            )
+            changed += [row[kind.KEY] for row in found]
+        return changed
 
     async def delete(self, kind: type[Record], where: Where) -> int:
         count = 0
