@@ -426,12 +426,14 @@ class Repository:
     async def set_owners(self, pairs: Iterable[tuple[str, str]], expected_owner: str) -> None:
         """Give each result (first) to a task (second) if its owner is still `expected_owner`;
         in a batch, the first claimant of a result wins."""
-        rows = [(owner, result_id, expected_owner) for result_id, owner in pairs]
-        if rows:
-            await self.connection.executemany(
-                "UPDATE results SET owner_task_id = ? WHERE result_id = ? AND owner_task_id = ?",
-                rows,
-            )
+        first: dict[str, str] = {}
+        for result_id, owner in pairs:
+            first.setdefault(result_id, owner)
+        await self.update_each(
+            Result,
+            [(result_id, {"owner_task_id": owner}) for result_id, owner in first.items()],
+            where={"owner_task_id": expected_owner},
+        )
 
     async def ended_results(
         self, session_id: str, name_prefix: str, after: str, limit: int
