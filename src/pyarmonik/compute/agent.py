@@ -82,10 +82,10 @@ QUIET_WAIT = 10.0
 # Work held ahead of the worker while tasks are short: as many tasks as it runs in
 # WINDOW_SECONDS (at least one, at most MAX_AHEAD with an official worker). Each window is a
 # transaction to pull and one or two to commit: 20 ms held 2-4 tasks on the PostgreSQL and
-# RabbitMQ stack, where a transaction costs most (its figure rose 10-15% at 50 ms). What waits longer
-# than RESERVE_HOLD behind the running task (a long one after all) is given back for idle
-# agents. Tasks shorter than SHORT_TASK make an agent wait a little for the next success, to
-# commit them together.
+# RabbitMQ stack, where a transaction costs most (its tasks/s rose 10-15% at 50 ms). What
+# waits longer than RESERVE_HOLD behind the running task (a long one after all) is given back
+# for idle agents. Tasks shorter than SHORT_TASK make an agent wait a little for the next
+# success, to commit them together.
 WINDOW_SECONDS = 0.05
 MAX_AHEAD = 16
 SHORT_TASK = 0.05
