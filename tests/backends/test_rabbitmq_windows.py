@@ -71,11 +71,13 @@ def window_rpcs(sent: Counter[str]) -> int:
     return sum(sent[name] for name in WINDOW_RPCS)
 
 
-async def pull_exactly(queue: RabbitQueue, n: int, within: float = 5.0) -> list[QueueMessage]:
+async def pull_exactly(
+    queue: RabbitQueue, n: int, within: float = 5.0, partition: str = "p"
+) -> list[QueueMessage]:
     got: list[QueueMessage] = []
     deadline = time.monotonic() + within
     while len(got) < n and time.monotonic() < deadline:
-        got += await queue.pull("p", n - len(got), LEASE)
+        got += await queue.pull(partition, n - len(got), LEASE)
     assert len(got) == n, f"{len(got)} of {n} came"
     return got
 
@@ -200,14 +202,10 @@ async def test_queues_are_made_version_2_and_a_queue_made_before_still_serves(
         made = queue._arguments((4, None))
         await channel.declare_queue(older, durable=True, arguments=made)
         queue.declared.add(older)
+        probe = await connection.channel()
         with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
-            probe = await connection.channel()
             await probe.declare_queue(queue.queue_name("p"), durable=True, arguments=made)
     await queue.push("older", [("b", 1), ("c", 1)])
     assert [m.task_id for m in await pull_exactly(queue, 1)] == ["a"]
-    got: list[QueueMessage] = []
-    for _ in range(20):
-        got += await queue.pull("older", 2 - len(got), LEASE)
-        if len(got) == 2:
-            break
-    assert sorted(m.task_id for m in got) == ["b", "c"]
+    older_served = await pull_exactly(queue, 2, partition="older")
+    assert sorted(m.task_id for m in older_served) == ["b", "c"]

@@ -323,19 +323,9 @@ class TaskProcessing:
                 await repository.insert(outcome.created)
                 if outcome.inline:
                     await repository.put_blobs(outcome.inline)
-                completed: list[str] = []
-                for stored in outcome.stored:
-                    completed += await repository.update(
-                        Result,
-                        {"result_id": stored.result_id, "status": ResultStatus.CREATED},
-                        {
-                            "status": ResultStatus.COMPLETED,
-                            "opaque_id": stored.opaque_id,
-                            "size": stored.size,
-                            "completed_at": stamp,
-                            "completed_by": task.task_id,
-                        },
-                    )
+                completed = await _complete_results(
+                    repository, [(stored, task.task_id) for stored in outcome.stored], stamp
+                )
                 if outcome.subtasks:
                     session = await load_session(repository, task.session_id)
                     ready += await create_tasks(repository, session, outcome.subtasks, parent=task)
@@ -399,21 +389,8 @@ class TaskProcessing:
             if inline:
                 await repository.put_blobs(inline)
             stored = {st.result_id: (st, s.task) for s in committed for st in s.outcome.stored}
-            completed = await repository.update_each(
-                Result,
-                [
-                    (
-                        result_id,
-                        {
-                            "opaque_id": stored_result.opaque_id,
-                            "size": stored_result.size,
-                            "completed_by": task.task_id,
-                        },
-                    )
-                    for result_id, (stored_result, task) in stored.items()
-                ],
-                where={"status": ResultStatus.CREATED},
-                values={"status": ResultStatus.COMPLETED, "completed_at": stamp},
+            completed = await _complete_results(
+                repository, [(st, task.task_id) for st, task in stored.values()], stamp
             )
             sessions: dict[str, Session] = {}
 
@@ -596,6 +573,25 @@ class TaskProcessing:
             "processing_to_end_duration": since(task.started_at),
             "received_to_end_duration": since(task.received_at),
         }
+
+
+async def _complete_results(
+    repository: Repository, stored: list[tuple[StoredResult, str]], stamp: float
+) -> list[str]:
+    """Outputs stored by tasks (each with the id of its task), still CREATED, become
+    COMPLETED with their data, in one statement; returns their ids."""
+    return await repository.update_each(
+        Result,
+        [
+            (
+                result.result_id,
+                {"opaque_id": result.opaque_id, "size": result.size, "completed_by": by},
+            )
+            for result, by in stored
+        ],
+        where={"status": ResultStatus.CREATED},
+        values={"status": ResultStatus.COMPLETED, "completed_at": stamp},
+    )
 
 
 class _NotOurs(ArmoniKError):

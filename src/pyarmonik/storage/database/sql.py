@@ -287,18 +287,24 @@ class Repository:
     ) -> list[str]:
         """Per-record updates in one statement: on the records of these keys that also match
         `where`, set `values` and each record's own values (scalars, the same columns for
-        every record); returns the keys of the records changed. One statement, not one per
-        record: in PostgreSQL a second UPDATE of a row writes it, and each of its indexes, anew
-        (a completion set the status, then the times: twice)."""
-        if not key_values:
+        every record); a key given twice counts once, with its first values. Returns the keys
+        of the records changed. One statement, not one per record: in PostgreSQL a second
+        UPDATE of a row writes it, and each of its indexes, anew (a completion set the
+        status, then the times: twice)."""
+        firsts: dict[str, dict[str, Any]] = {}
+        for key, own in key_values:
+            firsts.setdefault(key, own)
+        if not firsts:
             return []
-        columns: list[str] = list(key_values[0][1])
+        records = list(firsts.items())
+        columns: list[str] = list(records[0][1])
         common, common_params = _set_clause(values or {})
         condition, condition_params = where_sql(
             where or {}, kind.KEY, self.dialect, found_by_key=True
         )
+        table = kind.TABLE
         changed: list[str] = []
-        for part in chunks(key_values, CHUNK // (len(columns) + 1)):
+        for part in chunks(records, CHUNK // (len(columns) + 1)):
             # A column NULL in every record is set as such: no value would give its type.
             typed = [c for c in columns if any(own[c] is not None for _, own in part)]
             assignments = [common] if common else []
@@ -315,7 +321,6 @@ class Repository:
             params: list[Any] = list(common_params)
             for key, own in part:
                 params += [key, *(_encode(c, own[c]) for c in typed)]
-            table = kind.TABLE
             found = await self.connection.fetch(
                 f"UPDATE {table} SET {','.join(assignments)} FROM (VALUES {rows}) AS v "
                 f"WHERE {table}.{kind.KEY} = v.column1 AND {condition} "
@@ -426,12 +431,9 @@ class Repository:
     async def set_owners(self, pairs: Iterable[tuple[str, str]], expected_owner: str) -> None:
         """Give each result (first) to a task (second) if its owner is still `expected_owner`;
         in a batch, the first claimant of a result wins."""
-        first: dict[str, str] = {}
-        for result_id, owner in pairs:
-            first.setdefault(result_id, owner)
         await self.update_each(
             Result,
-            [(result_id, {"owner_task_id": owner}) for result_id, owner in first.items()],
+            [(result_id, {"owner_task_id": owner}) for result_id, owner in pairs],
             where={"owner_task_id": expected_owner},
         )
 
